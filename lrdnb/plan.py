@@ -351,14 +351,14 @@ def plan(
         if name in shapes:
             spec.input_shape, spec.output_shape = shapes[name]
         spec.params_before, spec.flops_before = cost(spec, "keep", [])
+        if name in functional:
+            layers.append(_keep(spec, "weight read directly by nn.MultiheadAttention; cannot be replaced"))
+            continue
         if name not in shapes:
             layers.append(_keep(spec, "not called by the example forward (no input shape)"))
             continue
         if spec.groups != 1:
             layers.append(_keep(spec, f"grouped/depthwise conv (groups={spec.groups}) is not decomposed"))
-            continue
-        if name in functional:
-            layers.append(_keep(spec, "weight read directly by nn.MultiheadAttention; cannot be replaced"))
             continue
         if in_mode is not None and not in_mode(name, mod):
             layers.append(_keep(spec, f"not selected by compression mode {mode!r}"))
