@@ -1,0 +1,88 @@
+"""Plots of the experiments' DataFrames (matplotlib; no computation beyond reshaping).
+
+Each function takes the table an :mod:`lrdnb.experiments` function returned and gives back a
+``matplotlib.figure.Figure``; notebooks save it with :func:`lrdnb.results.save_figure`.
+Functions are self-contained (one per paper artifact) and appended by their authors.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+__all__ = ["plot_throughput", "plot_decomposition_time"]
+
+
+def plot_throughput(
+    ours: pd.DataFrame,
+    paper: pd.DataFrame | None = None,
+    passes: Sequence[str] = ("train", "infer"),
+    title: str | None = None,
+):
+    """Table 1 as bars: speed-up (%) over the original per method, ours (with min-max whiskers
+    from the per-round paired ratios) beside the paper's, one panel per (pass, model).
+
+    Args:
+        ours: :func:`lrdnb.experiments.throughput.throughput_table`'s table.
+        paper: :func:`lrdnb.paper.table1` (or ``None`` for ours only).
+        passes: which of ``train`` / ``infer`` to show (those present in ``ours``).
+    """
+    passes = [p for p in passes if f"{p}_delta_pct" in ours]
+    models = list(dict.fromkeys(ours["model"]))
+    fig, axes = plt.subplots(len(passes), len(models), figsize=(4.2 * len(models), 3.2 * len(passes)),
+                             squeeze=False, sharey="row")
+    for i, p in enumerate(passes):
+        for j, m in enumerate(models):
+            ax = axes[i, j]
+            d = ours[ours["model"] == m]
+            x = np.arange(len(d))
+            med = d[f"{p}_delta_pct"].to_numpy()
+            err = np.vstack([med - d[f"{p}_delta_min"].to_numpy(), d[f"{p}_delta_max"].to_numpy() - med])
+            w = 0.4 if paper is not None else 0.7
+            ax.bar(x - (w / 2 if paper is not None else 0), med, w, yerr=err, capsize=3, label="ours",
+                   color="tab:blue")
+            if paper is not None:
+                pp = paper[paper["model"] == m].set_index("method")
+                vals = [pp[f"{p}_delta_pct"].get(k, np.nan) for k in d["method"]]
+                ax.bar(x + w / 2, vals, w, label="paper (V100)", color="tab:gray")
+            if f"{p}_flop_speedup" in d:
+                ax.scatter(x, 100 * (d[f"{p}_flop_speedup"].to_numpy() - 1), marker="_", s=300, color="tab:red",
+                           zorder=3, label="FLOP-predicted")
+            ax.axhline(0, color="black", lw=0.8)
+            ax.set_xticks(x, d["label"] if "label" in d else d["method"], rotation=30, ha="right")
+            ax.set_title(f"{m}: {'training' if p == 'train' else 'inference'}")
+            if j == 0:
+                ax.set_ylabel("speed-up over original (%)")
+    axes[0, -1].legend(fontsize=8, loc="upper left")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_decomposition_time(ours: pd.DataFrame, paper: pd.DataFrame | None = None, title: str | None = None):
+    """Table 2 as grouped bars: seconds to decompose per model, ours (every ``*_s`` column but the
+    ``optimize_*``/``freeze`` parts) and the paper's (hatched), log scale."""
+    cols = [c for c in ours.columns if c.endswith("_s") and not c.startswith(("optimize_", "freeze_"))]
+    models = list(ours["model"])
+    series = [(c.removesuffix("_s"), ours[c].to_numpy(float), None) for c in cols]
+    if paper is not None:
+        pp = paper.set_index("model").reindex(models)
+        series += [(f"paper {c.removesuffix('_s')}", pp[c].to_numpy(float), "//")
+                   for c in ("lrd_s", "rank_opt_s", "freezing_s") if c in pp]
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(series) * len(models) / 2, 3.5))
+    x = np.arange(len(models))
+    w = 0.8 / len(series)
+    for k, (name, vals, hatch) in enumerate(series):
+        ax.bar(x + (k - (len(series) - 1) / 2) * w, vals, w, label=name, hatch=hatch,
+               edgecolor="white" if hatch else None)
+    ax.set_yscale("log")
+    ax.set_xticks(x, models)
+    ax.set_ylabel("decomposition time (s)")
+    ax.legend(fontsize=7, ncol=2)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
