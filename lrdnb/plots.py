@@ -86,3 +86,47 @@ def plot_decomposition_time(ours: pd.DataFrame, paper: pd.DataFrame | None = Non
         ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def plot_convergence(
+    df: pd.DataFrame,
+    summary: pd.DataFrame | None = None,
+    start_acc: float | None = None,
+    title: str | None = None,
+):
+    """Fig. 3: test accuracy per fine-tuning epoch, one line per freezing schedule.
+
+    Colours follow the paper (sequential black, regular red). With ``summary``
+    (:func:`lrdnb.experiments.fig3.summarize`) the target accuracy is drawn and the epoch each
+    schedule first reaches it is marked.
+
+    Args:
+        df: :func:`lrdnb.experiments.fig3.freezing_convergence`'s table (``schedule``,
+            ``epochs_done``, ``test_acc``).
+        summary: per-schedule summary with ``target_acc`` and ``epochs_to_target``.
+        start_acc: accuracy right after decomposition, drawn at epoch 0 for every schedule.
+    """
+    colors = {"sequential": "black", "regular": "tab:red", "none": "tab:blue"}
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, d in df.groupby("schedule", sort=False):
+        d = d.sort_values("epochs_done")
+        x, y = d["epochs_done"].tolist(), (100 * d["test_acc"]).tolist()
+        if start_acc is not None:
+            x, y = [0] + x, [100 * start_acc] + y
+        ax.plot(x, y, marker="o", ms=3, color=colors.get(name), label=f"{name} freezing")
+    if summary is not None and len(summary):
+        target = 100 * float(summary["target_acc"].iloc[0])
+        ax.axhline(target, color="gray", ls="--", lw=0.8, label=f"target {target:.2f}%")
+        for _, r in summary.iterrows():
+            if np.isfinite(r["epochs_to_target"]):
+                ax.axvline(r["epochs_to_target"], color=colors.get(r["schedule"]), ls=":", lw=0.8)
+    ax.set_xlabel("fine-tuning epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8, loc="lower right")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+__all__ += ["plot_convergence"]
