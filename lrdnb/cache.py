@@ -1,0 +1,186 @@
+"""On-disk timing cache: a layer signature is timed once per device, software and settings.
+
+Step time depends only on shapes (DESIGN.md), so sweep results are keyed by
+
+    (device_name, torch version, dtype, pass, layer signature (includes the input shape),
+     channels_last, threads, frozen factor roles)
+
+plus the ``(method, rank)`` of each row. ResNets repeat a handful of signatures dozens of times;
+each is timed once, and a second run reads everything back instantly.
+
+Files: one CSV per (device, torch, dtype, threads, channels_last) under the cache folder
+(default ``data/cache/`` in the repository, git-ignored; override with the ``folder`` argument
+or the ``LRDNB_CACHE`` environment variable). Every row also carries its full key and is checked
+on read: a row from another device or torch version (a copied file) is ignored with a warning,
+never used - a CPU timing is never used for CUDA. An unreadable file is moved aside to
+``*.corrupt`` with a warning and re-measured. Writes are atomic (:func:`lrdnb.results.atomic_write_text`).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+import torch
+
+from .results import atomic_write_text
+
+__all__ = ["DEFAULT_FOLDER", "KEY_COLUMNS", "TimingCache", "timing_key", "as_cache"]
+
+DEFAULT_FOLDER = Path(__file__).resolve().parent.parent / "data" / "cache"
+KEY_COLUMNS = ("device_name", "torch", "dtype", "pass", "signature", "channels_last", "threads", "frozen")
+_FILE_KEY = ("device_name", "torch", "dtype", "threads", "channels_last")
+_ROW_ID = KEY_COLUMNS + ("method", "rank")
+_INT = ("rank", "r2", "n", "number", "threads")
+_FLOAT = ("median_s", "iqr_s", "min_s", "max_s", "norm_s", "norm_iqr_s", "ref_s")
+_VALUE = ("method", "rank", "r2") + _FLOAT[:1] + ("iqr_s", "min_s", "max_s", "n", "number", "norm_s",
+                                                  "norm_iqr_s", "ref_s", "times_s", "ratios")
+_DEFAULTS = {"r2": 0, "number": 1, "times_s": "", "ratios": ""}
+
+
+def timing_key(
+    device_name: str,
+    dtype: torch.dtype | str,
+    pass_: str,
+    signature: str,
+    channels_last: bool = False,
+    threads: int | None = None,
+    frozen: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The cache key of one sweep curve (the torch version is added here)."""
+    return {
+        "device_name": str(device_name),
+        "torch": torch.__version__,
+        "dtype": str(dtype).replace("torch.", ""),
+        "pass": str(pass_),
+        "signature": str(signature),
+        "channels_last": bool(channels_last),
+        "threads": int(threads or torch.get_num_threads()),
+        "frozen": ",".join(frozen),
+    }
+
+
+class TimingCache:
+    """Timing rows on disk, one CSV per device/software/settings group.
+
+    Args:
+        folder: where the CSV files live (created on first write).
+
+    Example:
+        >>> import tempfile
+        >>> c = TimingCache(tempfile.mkdtemp())
+        >>> k = timing_key("cpu:test", torch.float32, "train", "conv2d|w=8x8x3x3")
+        >>> c.add([{"method": "svd", "rank": 4, "pass": "train", "median_s": 1e-3, "n": 3}], {"train": k})
+        >>> [r["rank"] for r in c.lookup(k)]
+        [4]
+    """
+
+    def __init__(self, folder: str | Path | None = None) -> None:
+        self.folder = Path(folder or os.environ.get("LRDNB_CACHE") or DEFAULT_FOLDER)
+        self._mem: dict[Path, tuple[float, pd.DataFrame]] = {}
+
+    def __repr__(self) -> str:
+        return f"TimingCache({str(self.folder)!r})"
+
+    def path(self, key: Mapping[str, Any]) -> Path:
+        """The CSV file holding ``key``'s rows."""
+        ident = "|".join(str(key[k]) for k in _FILE_KEY)
+        digest = hashlib.sha1(ident.encode()).hexdigest()[:10]
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", str(key["device_name"]))[:40].strip("-")
+        return self.folder / f"timings_{slug}_{digest}.csv"
+
+    def _read(self, path: Path, key: Mapping[str, Any]) -> pd.DataFrame:
+        if not path.exists():
+            return pd.DataFrame(columns=list(_ROW_ID))
+        mtime = path.stat().st_mtime
+        hit = self._mem.get(path)
+        if hit and hit[0] == mtime:
+            return hit[1]
+        try:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False)
+            missing = set(_ROW_ID) - set(df.columns)
+            if missing:
+                raise ValueError(f"missing columns {sorted(missing)}")
+            for c in _INT:
+                if c in df:
+                    df[c] = pd.to_numeric(df[c], errors="raise").astype(int)
+            for c in _FLOAT:
+                if c in df:
+                    df[c] = pd.to_numeric(df[c], errors="raise").astype(float)
+            df["channels_last"] = df["channels_last"].map({"True": True, "False": False})
+            if df["channels_last"].isna().any():
+                raise ValueError("channels_last must be True/False")
+        except Exception as e:  # noqa: BLE001 - any unreadable file is set aside, never used
+            bad = path.with_suffix(".corrupt")
+            warnings.warn(f"timing cache file {path} is unreadable ({e}); moved to {bad.name} and ignored; "
+                          "its layers will be re-timed", stacklevel=3)
+            os.replace(path, bad)
+            return pd.DataFrame(columns=list(_ROW_ID))
+        foreign = pd.Series(False, index=df.index)
+        for k in _FILE_KEY:
+            foreign |= df[k].astype(str) != str(key[k])
+        if foreign.any():
+            seen = df.loc[foreign, ["device_name", "torch", "dtype", "threads"]].drop_duplicates().to_dict("records")
+            warnings.warn(f"timing cache {path.name}: ignoring {int(foreign.sum())} rows measured elsewhere "
+                          f"{seen[:3]} (this is {key['device_name']!r}, torch {key['torch']}); "
+                          "timings are only valid on the device that measured them", stacklevel=3)
+            df = df[~foreign].reset_index(drop=True)
+        self._mem[path] = (mtime, df)
+        return df
+
+    def lookup(self, key: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Rows stored under ``key`` (empty if none)."""
+        df = self._read(self.path(key), key)
+        if df.empty:
+            return []
+        m = pd.Series(True, index=df.index)
+        for k in KEY_COLUMNS:
+            m &= df[k] == key[k] if k in ("channels_last", "threads") else df[k].astype(str) == str(key[k])
+        return df[m].to_dict("records")
+
+    def add(self, rows: Iterable[Mapping[str, Any]], keys: Mapping[str, Mapping[str, Any]]) -> None:
+        """Store sweep ``rows`` (each with a ``pass``) under ``keys[row['pass']]``; a row with the
+        same key, method and rank replaces the old one."""
+        by_path: dict[Path, list[dict]] = {}
+        for r in rows:
+            key = keys[r["pass"]]
+            rec = {**{c: r.get(c, _DEFAULTS.get(c)) for c in _VALUE}, **key}
+            if rec["rank"] is None or rec["n"] is None or rec["method"] is None:
+                raise ValueError(f"timing rows need method, rank and n; got {dict(r)}")
+            by_path.setdefault(self.path(key), []).append(rec)
+        for path, recs in by_path.items():
+            key = {k: recs[0][k] for k in KEY_COLUMNS}
+            old = self._read(path, key)
+            new = pd.DataFrame(recs)
+            both = pd.concat([old, new], ignore_index=True) if not old.empty else new
+            both = both.drop_duplicates(subset=list(_ROW_ID), keep="last")
+            cols = list(KEY_COLUMNS) + [c for c in _VALUE if c in both.columns]
+            buf = io.StringIO()
+            both[cols].to_csv(buf, index=False)
+            atomic_write_text(path, buf.getvalue())
+            self._mem.pop(path, None)
+
+    def clear(self) -> None:
+        """Delete this cache's CSV files."""
+        for p in self.folder.glob("timings_*.csv"):
+            p.unlink()
+        self._mem.clear()
+
+
+def as_cache(cache: Any) -> TimingCache | None:
+    """``None``/``False`` -> no cache; ``"default"``/``True`` -> :data:`DEFAULT_FOLDER` (or
+    ``$LRDNB_CACHE``); a path -> that folder; a :class:`TimingCache` as is."""
+    if cache is None or cache is False:
+        return None
+    if isinstance(cache, TimingCache):
+        return cache
+    if cache is True or cache == "default":
+        return TimingCache()
+    if isinstance(cache, (str, Path)):
+        return TimingCache(cache)
+    raise ValueError(f"cache must be None, 'default', a folder path or a TimingCache, got {type(cache).__name__}")

@@ -1,0 +1,526 @@
+"""Rank optimization on the device: Algorithm 1, joint rank selection, and ``optimize_ranks``.
+
+* :func:`rank_range` - the ranks Algorithm 1 searches: from the eq.-5 rank at ``alpha`` down to
+  ``R_min``, the rank at ``alpha + 1`` (eq. 6) (Hajimolahoseini et al. 2023, Sec. 2.1).
+* :func:`algorithm1` - Algorithm 1 of that paper on a measured curve, plus the variants a noisy
+  device needs (relative drop, multiples of N, smoothing / repeat-consistency).
+* :func:`joint_select` - beyond the paper (its conclusion's future work; the runtime lookup
+  tables of Idelbayev & Carreira-Perpinan, "beyond FLOPs"): all ranks at once, minimising total
+  reconstruction error under a total time budget by Lagrangian relaxation.
+* :func:`optimize_ranks` - times each distinct layer signature once (cached) and returns a new
+  plan whose ``reason`` column explains every choice.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import ranks as R
+from .plan import LayerSpec, Plan
+from .timing import per_repeat, sweep
+
+__all__ = ["VARIANTS", "SMOOTHERS", "rank_range", "algorithm1", "curve_steps", "joint_select", "optimize_ranks"]
+
+VARIANTS = ("paper", "relative")
+SMOOTHERS = (None, "median3", "median5", "consistent")
+
+
+def _alpha_eff(spec: LayerSpec, method: str) -> float:
+    c, s = spec.in_channels, spec.out_channels
+    kk = spec.kernel[0] * spec.kernel[1]
+    if method == "tucker2":
+        return c * s * kk / R.tucker2_params(c, s, spec.kernel, *spec.ranks)
+    return c * kk * s / R.svd_params(c * kk, s, spec.ranks[0])
+
+
+def rank_range(
+    spec: LayerSpec, alpha: float | None = None, beta: float | None = None, method: str | None = None
+) -> list[int]:
+    """Ranks from ``R`` (compression ``alpha``, eq. 5) down to ``R_min`` (``alpha + 1``, eq. 6).
+
+    For Tucker2 the ranks are ``r1`` (``r2 = floor(beta r1)``); for SVD the eq.-2 rank of the
+    ``S x (C k_h k_w)`` unfolding. With ``alpha=None`` the layer's own ranks are ``R`` and
+    ``R_min`` is the rank at (its achieved compression + 1): use that for VBMF, quantized or
+    hand-set plans.
+
+    Returns:
+        Descending list ``[R, R-1, ..., R_min]``.
+
+    Example:
+        >>> spec = LayerSpec("c", "conv2d", [512, 512, 3, 3], False, [8, 512, 14, 14], method="tucker2")
+        >>> r = rank_range(spec, alpha=2); (r[0], r[-1], len(r))
+        (309, 244, 66)
+    """
+    method = method or spec.method
+    c, s = spec.in_channels, spec.out_channels
+    kk = spec.kernel[0] * spec.kernel[1]
+    if method == "tucker2":
+        if beta is None:
+            beta = spec.ranks[1] / spec.ranks[0] if len(spec.ranks) == 2 else 1.0
+        if alpha is None:
+            if len(spec.ranks) != 2:
+                raise ValueError(f"{spec.name}: give alpha, or a spec with Tucker2 ranks")
+            top, a = spec.ranks[0], _alpha_eff(spec, method)
+        else:
+            top, a = R.tucker2_rank(c, s, spec.kernel, alpha, beta)[0], alpha
+        low = R.tucker2_rank_min(c, s, spec.kernel, a, beta)[0]
+    elif method == "svd":
+        if alpha is None:
+            if len(spec.ranks) != 1:
+                raise ValueError(f"{spec.name}: give alpha, or a spec with an SVD rank")
+            top, a = spec.ranks[0], _alpha_eff(spec, method)
+        else:
+            top, a = R.svd_rank(c * kk, s, alpha), alpha
+        low = R.svd_rank(c * kk, s, a + 1.0)
+    else:
+        raise ValueError(f"unknown method {method!r}; valid: 'svd', 'tucker2'")
+    low = max(1, min(low, top))
+    return list(range(int(top), int(low) - 1, -1))
+
+
+def _running_median(x: np.ndarray, width: int) -> np.ndarray:
+    h = width // 2
+    return np.array([np.median(x[max(0, i - h): i + h + 1]) for i in range(len(x))])
+
+
+def algorithm1(
+    ranks: Sequence[int],
+    times: Sequence[float] | np.ndarray,
+    t_original: float | Sequence[float],
+    variant: str = "paper",
+    multiple: int | None = None,
+    smooth: str | None = None,
+    min_drop: float = 0.0,
+) -> tuple[int | None, str]:
+    """Algorithm 1 (Hajimolahoseini et al. 2023): the rank just past the biggest step-time drop.
+
+    The paper measures ``t(r)`` for ``r = R .. R_min``, forms ``delta t(r) = t(r) - t(r-1)``
+    and takes ``R_opt = argmax delta t``; if ``t(R_opt) >= T`` (the original layer's time) the
+    original layer is kept. The pseudo-code's index is ambiguous (``t(r-1)`` is not yet measured
+    when ``delta t(r)`` is formed); its text and Fig. 2 are not: going from 257 to 256 saves 15%,
+    so 256, the rank *after* the drop, is chosen. Here every candidate ``c`` scores
+    ``t(next measured rank above c) - t(c)``, so the choice is ``c = r - 1`` for the paper's
+    ``argmax_r delta t(r)``; the top rank ``R`` is never a candidate (nothing above it is timed),
+    as in the paper.
+
+    Args:
+        ranks: the measured ranks (any order; a coarse grid is fine: drops are taken between
+            consecutive measured ranks).
+        times: seconds per call, ``[len(ranks)]`` or ``[repeats, len(ranks)]`` (one row per
+            sweep pass; drops are then taken within each pass and their median used).
+        t_original: ``T``, the original layer's time (scalar, or per repeat: the median is used).
+        variant: ``"paper"`` (largest drop in seconds) or ``"relative"`` (largest drop as a
+            fraction of the time above it).
+        multiple: only ranks that are multiples of this are candidates (rank quantization).
+        smooth: ``None``; ``"median3"`` / ``"median5"``: running median of the curve over ranks
+            before differencing (removes isolated spikes, keeps steps); ``"consistent"``: a
+            candidate's drop must be positive in every repeat (needs 2-D ``times``).
+        min_drop: candidates must save at least this fraction of ``t``; if none does, the top
+            rank ``R`` is returned ("no step above the noise").
+
+    Returns:
+        ``(rank, reason)``; ``rank`` is ``None`` when the original layer is at least as fast.
+
+    Example:
+        >>> t = [1.0, 1.0, 1.3, 1.3, 1.3]  # ranks 254..258: the step is 255 -> 256
+        >>> algorithm1([254, 255, 256, 257, 258], t, t_original=2.0)[0]
+        255
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown Algorithm 1 variant {variant!r}; valid: {list(VARIANTS)}")
+    if smooth not in SMOOTHERS:
+        raise ValueError(f"unknown smoothing {smooth!r}; valid: {list(SMOOTHERS)}")
+    r = np.asarray(ranks, dtype=int)
+    t = np.asarray(times, dtype=float)
+    t = t[None, :] if t.ndim == 1 else t
+    if t.shape[1] != len(r) or len(r) < 2:
+        raise ValueError(f"need >= 2 ranks and times of shape [len(ranks)] or [repeats, len(ranks)]; "
+                         f"got {len(r)} ranks and times {t.shape}")
+    order = np.argsort(r)
+    r, t = r[order], t[:, order]
+    T = float(np.median(np.asarray(t_original, dtype=float)))
+    curve = np.median(t, axis=0)
+    step = t[:, 1:] - t[:, :-1]  # step[:, i]: time saved going from r[i+1] down to r[i]
+    if smooth in ("median3", "median5"):
+        sm = _running_median(curve, int(smooth[-1]))
+        drop = sm[1:] - sm[:-1]
+    else:
+        drop = np.median(step, axis=0)
+    valid = np.ones(len(drop), dtype=bool)
+    if smooth == "consistent":
+        if t.shape[0] < 2:
+            raise ValueError("smooth='consistent' needs per-repeat times: [repeats, len(ranks)], repeats >= 2")
+        valid &= (step > 0).all(axis=0)
+    above = curve[1:]
+    rel = drop / above
+    valid &= rel >= min_drop
+    if multiple:
+        valid &= r[:-1] % int(multiple) == 0
+    score = rel if variant == "relative" else drop
+    tag = f"Algorithm 1 ({variant}{', ' + smooth if smooth else ''}{f', x{multiple}' if multiple else ''})"
+    if not valid.any():
+        pick, how = len(r) - 1, f"no drop of at least {min_drop:.0%} among candidates; top rank kept"
+    else:
+        i = int(np.argmax(np.where(valid, score, -np.inf)))
+        pick, how = i, f"drop {rel[i]:.1%} at {r[i + 1]}->{r[i]}"
+    chosen, tc = int(r[pick]), float(curve[pick])
+    if tc >= T:
+        return None, (f"{tag}: rank {chosen} ({how}) takes {tc * 1e3:.3g} ms >= original {T * 1e3:.3g} ms; "
+                      "original layer kept")
+    return chosen, f"{tag}: rank {chosen} ({how}); {1 - tc / T:.0%} faster than original"
+
+
+def curve_steps(df: pd.DataFrame, pass_: str | None = None, column: str = "norm_s", top: int = 5) -> pd.DataFrame:
+    """The largest single-rank drops of a sweep curve: ``rank_from, rank_to, drop_s, drop_rel``.
+
+    Also reports ``noise_rel``: the median absolute relative step over all ranks (what a step
+    of no consequence looks like) for comparison.
+    """
+    d = df[df["method"] != "keep"]
+    if pass_ is not None:
+        d = d[d["pass"] == pass_]
+    d = d.sort_values("rank")
+    r, t = d["rank"].to_numpy(), d[column].to_numpy()
+    drop = t[1:] - t[:-1]
+    rel = drop / t[1:]
+    noise = float(np.median(np.abs(rel))) if len(rel) else float("nan")
+    out = pd.DataFrame({"rank_from": r[1:], "rank_to": r[:-1], "drop_s": drop, "drop_rel": rel})
+    out["noise_rel"] = noise
+    return out.sort_values("drop_s", ascending=False).head(top).reset_index(drop=True)
+
+
+def _options(df: pd.DataFrame, power: float) -> dict[str, dict[str, np.ndarray]]:
+    need = {"layer", "rank", "time_s", "error"}
+    if not need <= set(df.columns):
+        raise ValueError(f"joint_select needs columns {sorted(need)} (+ optional count, weight); got {list(df.columns)}")
+    out = {}
+    for layer, g in df.groupby("layer", sort=False):
+        count = g["count"].to_numpy(float) if "count" in g else np.ones(len(g))
+        weight = g["weight"].to_numpy(float) if "weight" in g else np.ones(len(g))
+        out[layer] = {"rank": g["rank"].to_numpy(int), "time": count * g["time_s"].to_numpy(float),
+                      "cost": count * weight * g["error"].to_numpy(float) ** power, "index": g.index.to_numpy()}
+    return out
+
+
+def joint_select(
+    curves: pd.DataFrame,
+    budget: float | None = None,
+    lam: float | None = None,
+    start: Mapping[str, int] | None = None,
+    power: float = 2.0,
+    iters: int = 60,
+) -> dict[str, Any]:
+    """Choose every layer's rank at once: least total error within a total time budget.
+
+    Beyond Algorithm 1 (the paper's future work), after the runtime lookup tables of Idelbayev &
+    Carreira-Perpinan ("beyond FLOPs"): minimise ``E = sum_l count_l weight_l e_l(r_l)^power``
+    subject to ``sum_l count_l t_l(r_l) <= budget``, where ``e_l`` is layer ``l``'s relative
+    reconstruction error (eq. 3; :func:`lrdnb.decompose.svd_error_curve`,
+    :func:`lrdnb.decompose.tucker2_error_curve`). With ``power=2`` and ``weight=1`` this is the
+    sum of squared relative errors; ``weight = ||W_l||^2`` makes it the total squared Frobenius
+    error. Lagrangian relaxation: for a multiplier ``lam`` each layer independently takes
+    ``argmin cost + lam * time``; ``lam`` is bisected (log scale) to the cheapest-error feasible
+    point, then a greedy pass spends the remaining slack on the largest error reductions.
+
+    Args:
+        curves: one row per (layer, option): ``layer``, ``rank``, ``time_s``, ``error`` and
+            optionally ``count`` (a signature repeated ``count`` times contributes ``count``
+            times its time and error) and ``weight``. Keeping the original layer is an option
+            like any other (by convention ``rank=0``, ``error=0``, ``time_s=T``).
+        budget: total seconds allowed (over the listed layers).
+        lam: a fixed multiplier instead of a budget (seconds are worth ``lam`` error units).
+        start: a feasible assignment ``{layer: rank}`` (e.g. the uniform-ratio plan); the result
+            is never worse than it.
+
+    Returns:
+        ``{"ranks": {layer: rank}, "time_s": total time, "error": total E, "lam": multiplier,
+        "budget": budget, "feasible": bool, "table": the chosen rows of curves}``.
+
+    Example:
+        >>> df = pd.DataFrame({"layer": ["a"] * 3 + ["b"] * 3, "rank": [0, 8, 4] * 2,
+        ...                    "time_s": [4.0, 2.0, 1.0, 4.0, 3.0, 1.0], "error": [0, .1, .5, 0, .1, .2]})
+        >>> joint_select(df, budget=4.0)["ranks"]
+        {'a': 8, 'b': 4}
+    """
+    if (budget is None) == (lam is None):
+        raise ValueError("give exactly one of budget (seconds) or lam (Lagrange multiplier)")
+    opts = _options(curves, power)
+    names = list(opts)
+
+    def solve(mult: float) -> dict[str, int]:
+        sel = {}
+        for n in names:
+            o = opts[n]
+            obj = o["cost"] + mult * o["time"]
+            best = np.flatnonzero(obj <= obj.min() + 1e-15 * max(1.0, abs(obj.min())))
+            sel[n] = int(best[np.argmin(o["time"][best])])  # ties: the faster option
+        return sel
+
+    def totals(sel: Mapping[str, int]) -> tuple[float, float]:
+        return (float(sum(opts[n]["time"][i] for n, i in sel.items())),
+                float(sum(opts[n]["cost"][i] for n, i in sel.items())))
+
+    feasible = True
+    if lam is not None:
+        sel, used = solve(float(lam)), float(lam)
+    else:
+        fastest = {n: int(np.argmin(opts[n]["time"])) for n in names}
+        if totals(fastest)[0] > budget * (1 + 1e-12):
+            warnings.warn(f"budget {budget:.4g} s is below the fastest choice {totals(fastest)[0]:.4g} s; "
+                          "returning the fastest choice", stacklevel=2)
+            sel, used, feasible = fastest, math.inf, False
+        else:
+            sel, used = solve(0.0), 0.0
+            if totals(sel)[0] > budget:
+                lo, hi = 0.0, 1.0
+                while totals(solve(hi))[0] > budget and hi < 1e30:
+                    lo, hi = hi, hi * 16
+                sel, used = solve(hi), hi
+                for _ in range(iters):
+                    mid = math.sqrt(max(lo, 1e-300) * hi) if lo > 0 else hi / 16
+                    s_mid = solve(mid)
+                    if totals(s_mid)[0] <= budget:
+                        hi, sel, used = mid, s_mid, mid
+                    else:
+                        lo = mid
+                    if hi - lo <= 1e-9 * hi:
+                        break
+            sel = _greedy_fill(sel, opts, budget, totals)
+            if start is not None:
+                s0 = {n: int(np.flatnonzero(opts[n]["rank"] == start[n])[0]) for n in names}
+                if totals(s0)[0] <= budget * (1 + 1e-12):
+                    s0 = _greedy_fill(s0, opts, budget, totals)
+                    if totals(s0)[1] < totals(sel)[1]:
+                        sel = s0
+    t_tot, e_tot = totals(sel)
+    table = curves.loc[[opts[n]["index"][i] for n, i in sel.items()]].reset_index(drop=True)
+    return {"ranks": {n: int(opts[n]["rank"][i]) for n, i in sel.items()}, "time_s": t_tot, "error": e_tot,
+            "lam": used, "budget": budget, "feasible": feasible and (budget is None or t_tot <= budget * (1 + 1e-12)),
+            "table": table}
+
+
+def _greedy_fill(sel, opts, budget, totals, max_moves: int = 10_000):
+    """Spend leftover budget: repeatedly take the single-layer change with the largest error
+    reduction that still fits."""
+    sel = dict(sel)
+    t_now = totals(sel)[0]
+    for _ in range(max_moves):
+        best = None
+        for n, i in sel.items():
+            o = opts[n]
+            gain = o["cost"][i] - o["cost"]
+            extra = o["time"] - o["time"][i]
+            ok = (gain > 1e-15) & (t_now + extra <= budget * (1 + 1e-12))
+            if ok.any():
+                j = int(np.argmax(np.where(ok, gain, -np.inf)))
+                if best is None or gain[j] > best[0]:
+                    best = (gain[j], n, j, extra[j])
+        if best is None:
+            break
+        _, n, j, dt = best
+        sel[n] = j
+        t_now += dt
+    return sel
+
+
+def _plan_alpha(plan: Plan, spec: LayerSpec) -> float | None:
+    """The eq.-5 ratio the plan used for ``spec``, if its ranks are exactly eq. 5's; else None."""
+    m = plan.meta
+    if m.get("selector", "ratio") != "ratio" or m.get("quantize") or "fixed" in spec.reason:
+        return None
+    a = m.get("final_fc_ratio") if (m.get("final_fc_ratio") and spec.name == m.get("final_fc")) else m.get("ratio")
+    if a is None:
+        return None
+    try:
+        return a if rank_range(spec, alpha=a)[0] == spec.ranks[0] else None
+    except ValueError:
+        return None
+
+
+def _curve(df: pd.DataFrame, pass_: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(ranks ascending, per-repeat normalised times [repeats, ranks], median times, T)."""
+    d = df[(df["pass"] == pass_) & (df["method"] != "keep")].sort_values("rank")
+    k = df[(df["pass"] == pass_) & (df["method"] == "keep")]
+    t2 = per_repeat(d, "ratios") * d["ref_s"].to_numpy()
+    return d["rank"].to_numpy(int), t2, d["norm_s"].to_numpy(float), float(k["norm_s"].iloc[0])
+
+
+def _error(weight: torch.Tensor, method: str, rk: Sequence[int], memo: dict) -> float:
+    key = id(weight)
+    if key not in memo:
+        from .decompose import svd_error_curve, tucker2_error_curve
+
+        memo[key] = tucker2_error_curve(weight) if method == "tucker2" else svd_error_curve(weight)
+    table = memo[key]
+    return float(table[rk[0], rk[1]] if method == "tucker2" else table[rk[0]])
+
+
+def optimize_ranks(
+    model: nn.Module,
+    example: Any,
+    plan: Plan,
+    device: str | torch.device = "auto",
+    pass_: str = "train",
+    method: str = "algorithm1",
+    budget: float | None = None,
+    lam: float | None = None,
+    cache: Any = "default",
+    variant: str = "paper",
+    multiple: int | None = None,
+    smooth: str | None = "median3",
+    min_drop: float = 0.0,
+    repeats: int = 3,
+    orders: Sequence[str] = ("desc", "asc", "shuffle"),
+    min_run_time: float = 0.004,
+    reference_every: int = 8,
+    alpha: float | str | None = "plan",
+    threads: int | None = None,
+    dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    progress: bool = True,
+) -> Plan:
+    """Optimize the ranks of a plan on the device (Algorithm 1 per layer, or jointly).
+
+    Each distinct (signature, method, rank range) is swept once with :func:`lrdnb.timing.sweep`
+    (from the eq.-5 rank down to eq. 6's ``R_min``; cached on disk, so repeated layers and
+    repeated runs cost nothing), then
+
+    * ``method="algorithm1"``: :func:`algorithm1` per layer on the reference-normalised
+      per-repeat curves; the original layer is kept where it is at least as fast;
+    * ``method="joint"``: :func:`joint_select` over all layers (options: every swept rank and
+      keeping the original), error = relative reconstruction error of the layer's *own* weight,
+      objective = sum of squared relative errors; ``budget`` (seconds, summed over the
+      decomposed layers, ``pass_`` at the plan's batch) defaults to the input plan's time.
+
+    Args:
+        model: the model the plan was made for (its weights are read only by ``"joint"``).
+        example: the example batch (kept for :func:`lrdnb.decompose`'s call; shapes come from
+            the plan).
+        plan: a plan from :func:`lrdnb.plan`; layers with method ``"keep"`` stay kept.
+        pass_: ``"forward"``, ``"train"`` or ``"step"`` - what to make fast.
+        variant, multiple, smooth, min_drop: see :func:`algorithm1`.
+        repeats, orders, min_run_time, reference_every, threads, channels_last: see
+            :func:`lrdnb.timing.sweep`.
+        alpha: ``"plan"`` (the plan's ratio where its ranks are eq. 5's, else each layer's own
+            compression), a number, or ``None`` (each layer's own compression).
+        dtype: default: the model's parameter dtype.
+
+    Returns:
+        A new :class:`~lrdnb.plan.Plan` (the input is not modified): ranks and method changed,
+        ``time_original`` / ``time_decomposed`` filled (seconds per call), ``reason`` explaining
+        each choice, and ``meta["rank_optimization"]`` recording how (signatures swept,
+        timings taken, seconds spent, device).
+
+    Example:
+        >>> import torchvision, lrdnb
+        >>> m = torchvision.models.resnet18(); x = torch.zeros(2, 3, 32, 32)
+        >>> p = optimize_ranks(m, x, lrdnb.plan(m, x), cache=None, repeats=1)  # doctest: +SKIP
+    """
+    from .provenance import device_name, resolve_device
+
+    if method not in ("algorithm1", "joint"):
+        raise ValueError(f"unknown rank optimization method {method!r}; valid: 'algorithm1', 'joint'")
+    t_start = time.perf_counter()
+    dev = resolve_device(device)
+    if dtype is None:
+        p0 = next(model.parameters(), None)
+        dtype = p0.dtype if p0 is not None else torch.float32
+    new = Plan.from_dict(plan.to_dict())
+    specs = new.decomposed
+    groups: dict[tuple, list[LayerSpec]] = {}
+    ranges: dict[str, list[int]] = {}
+    for s in specs:
+        a = _plan_alpha(plan, s) if alpha == "plan" else alpha
+        ranges[s.name] = rank_range(s, alpha=a)
+        beta = s.ranks[1] / s.ranks[0] if s.method == "tucker2" else 0.0
+        groups.setdefault((s.signature, s.method, beta, tuple(ranges[s.name])), []).append(s)
+
+    from tqdm.auto import tqdm
+
+    curves: dict[tuple, pd.DataFrame] = {}
+    n_timings, n_swept = 0, 0
+    for key, members in tqdm(groups.items(), desc="rank optimization", unit="signature", disable=not progress):
+        df = sweep(members[0], ranks=list(key[3]), passes=(pass_,), device=dev, threads=threads, dtype=dtype,
+                   channels_last=channels_last, repeats=repeats, orders=orders, reference_every=reference_every,
+                   min_run_time=min_run_time, cache=cache, progress=False)
+        fresh = df[~df["cached"].astype(bool)]
+        n_timings += int(fresh["n"].sum())
+        n_swept += int(not fresh.empty)
+        curves[key] = df
+    by_name = {s.name: key for key, members in groups.items() for s in members}
+
+    if method == "algorithm1":
+        for s in specs:
+            r, t2, tm, T = _curve(curves[by_name[s.name]], pass_)
+            if len(r) >= 2:
+                choice, why = algorithm1(r, t2, T, variant=variant, multiple=multiple, smooth=smooth,
+                                         min_drop=min_drop)
+            else:
+                choice = int(r[0]) if tm[0] < T else None
+                why = f"single rank {r[0]} in range; {'faster' if choice else 'not faster'} than original"
+            _set(new, s, choice, why, tm[r == choice][0] if choice else T, T)
+        info: dict[str, Any] = {}
+    else:
+        info = _joint(new, specs, curves, by_name, model, pass_, budget, lam)
+    meta = dict(new.meta)
+    meta["rank_optimization"] = {
+        "method": method, "pass": pass_, "device": str(dev), "device_name": device_name(dev),
+        "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""), "threads": threads or torch.get_num_threads(),
+        "variant": variant, "smooth": smooth, "multiple": multiple, "min_drop": min_drop, "repeats": repeats,
+        "min_run_time": min_run_time, "signatures": len(groups), "signatures_timed": n_swept,
+        "timings": n_timings, "seconds": round(time.perf_counter() - t_start, 3), **info,
+    }
+    new.meta = meta
+    return new
+
+
+def _set(plan: Plan, spec: LayerSpec, choice: int | None, why: str, t_new: float, T: float) -> None:
+    if choice is None:
+        out = spec.with_ranks([], "keep", why)
+    else:
+        rk = [choice, max(1, int(spec.ranks[1] / spec.ranks[0] * choice))] if spec.method == "tucker2" else [choice]
+        out = spec.with_ranks(rk, spec.method, why)
+    out.time_original, out.time_decomposed = float(T), float(t_new)
+    plan[spec.name] = out
+
+
+def _joint(plan, specs, curves, by_name, model, pass_, budget, lam) -> dict[str, Any]:
+    rows, memo = [], {}
+    for s in specs:
+        r, _, tm, T = _curve(curves[by_name[s.name]], pass_)
+        w = model.get_submodule(s.name).weight
+        beta = s.ranks[1] / s.ranks[0] if s.method == "tucker2" else 0.0
+        rows.append({"layer": s.name, "rank": 0, "time_s": T, "error": 0.0, "T": T})
+        for rk, t in zip(r, tm):
+            full = [int(rk), max(1, int(beta * rk))] if s.method == "tucker2" else [int(rk)]
+            rows.append({"layer": s.name, "rank": int(rk), "time_s": float(t), "error": _error(w, s.method, full, memo),
+                         "T": T})
+    table = pd.DataFrame(rows)
+    start = {s.name: s.ranks[0] for s in specs}
+    t_start = float(sum(table[(table.layer == n) & (table["rank"] == r)]["time_s"].iloc[0] for n, r in start.items()))
+    if budget is None and lam is None:
+        budget = t_start
+    res = joint_select(table, budget=budget, lam=lam, start=start if lam is None else None)
+    for s in specs:
+        rk = res["ranks"][s.name]
+        row = table[(table.layer == s.name) & (table["rank"] == rk)].iloc[0]
+        T = float(row["T"])
+        if rk == 0:
+            why = f"joint (budget {res['budget']:.4g} s): original layer kept (error 0, {T * 1e3:.3g} ms)"
+            _set(plan, s, None, why, T, T)
+        else:
+            why = (f"joint (budget {res['budget']:.4g} s): rank {rk}, rel. error {row['error']:.3f}, "
+                   f"{1 - row['time_s'] / T:.0%} faster than original")
+            _set(plan, s, rk, why, float(row["time_s"]), T)
+    return {"budget_s": res["budget"], "lam": res["lam"], "predicted_time_s": res["time_s"],
+            "predicted_error": res["error"], "start_time_s": t_start,
+            "start_error": float(sum(table[(table.layer == n) & (table["rank"] == r)]["error"].iloc[0] ** 2
+                                     for n, r in start.items())),
+            "feasible": res["feasible"]}

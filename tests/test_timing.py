@@ -1,0 +1,211 @@
+"""Timing: runners, the round-robin helper, sweeps and the on-disk timing cache.
+
+Timing values are never compared against thresholds (MEASURING.md): tests check structure,
+shapes, keys, which code paths run and what the cache returns.
+"""
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from lrdnb import timing
+from lrdnb.cache import TimingCache, as_cache, timing_key
+from lrdnb.layers import Tucker2Conv2d
+from lrdnb.plan import LayerSpec
+from lrdnb.rankopt import rank_range
+from lrdnb.timing import interleaved, make_runner, paired_ratios, per_repeat, sweep, time_callable
+
+FAST = dict(device="cpu", min_run_time=1e-4, progress=False, threads=1)
+
+
+def tiny_conv(**kw) -> LayerSpec:
+    d = dict(name="c", kind="conv2d", weight_shape=[16, 16, 3, 3], bias=True, input_shape=[2, 16, 6, 6],
+             output_shape=[2, 16, 6, 6], padding=[1, 1], method="tucker2", ranks=[8, 8])
+    d.update(kw)
+    return LayerSpec(**d)
+
+
+def tiny_linear() -> LayerSpec:
+    return LayerSpec(name="fc", kind="linear", weight_shape=[12, 20], bias=True, input_shape=[3, 20],
+                     output_shape=[3, 12], method="svd", ranks=[5])
+
+
+@pytest.mark.parametrize("pass_", ["forward", "train", "step"])
+def test_runner_passes(pass_):
+    torch.manual_seed(0)
+    m = Tucker2Conv2d(8, 8, 3, (4, 4), padding=1)
+    before = m.core.weight.detach().clone()
+    run = make_runner(m, (2, 8, 5, 5), pass_, device="cpu")
+    run()
+    run()
+    if pass_ == "forward":
+        assert m.core.weight.grad is None and not m.training
+    else:
+        assert m.core.weight.grad is not None and m.training
+    assert torch.equal(before, m.core.weight) == (pass_ != "step")  # only step updates weights
+
+
+def test_runner_honours_frozen_factors():
+    m = Tucker2Conv2d(8, 8, 3, (4, 4), padding=1)
+    m.first.requires_grad_(False)
+    m.last.requires_grad_(False)
+    make_runner(m, (2, 8, 5, 5), "train", device="cpu")()
+    assert m.first.weight.grad is None and m.last.weight.grad is None
+    assert m.core.weight.grad is not None
+
+
+def test_runner_errors():
+    with pytest.raises(ValueError, match="unknown pass"):
+        make_runner(nn.Linear(2, 2), (1, 2), "backward", device="cpu")
+    m = nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ValueError, match="nothing to differentiate|every parameter is frozen"):
+        make_runner(m, (1, 2), "train", device="cpu", input_requires_grad=False)
+
+
+@pytest.mark.parametrize("mode", ["blocked", "adaptive", "fixed"])
+def test_time_callable(mode):
+    r = time_callable(lambda: sum(range(100)), "cpu", min_run_time=1e-3, mode=mode, number=3, max_run_time=0.05)
+    assert set(r) == {"median_s", "iqr_s", "min_s", "max_s", "n"}
+    assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"] and r["n"] >= 1
+    with pytest.raises(ValueError, match="valid"):
+        time_callable(lambda: None, "cpu", mode="fast")
+
+
+def test_interleaved_rotates_and_ratios():
+    calls = []
+    v = {n: (lambda n=n: calls.append(n)) for n in "abc"}
+    df = interleaved(v, rounds=3, device="cpu", min_run_time=1e-4, progress=False)
+    assert len(df) == 9 and set(df["variant"]) == set("abc")
+    # rotating order: each variant takes each position once in 3 rounds
+    assert (df.groupby("variant")["position"].nunique() == 3).all()
+    assert list(df[df["round"] == 1]["variant"]) == ["b", "c", "a"]
+    pr = paired_ratios(df, "a").set_index("variant")
+    assert pr.loc["a", "ratio"] == pytest.approx(1.0) and pr.loc["a", "speedup"] == pytest.approx(1.0)
+    assert (pr["rounds"] == 3).all()
+    assert (pr["ratio_min"] <= pr["ratio"]).all() and (pr["ratio"] <= pr["ratio_max"]).all()
+    with pytest.raises(ValueError, match="reference"):
+        paired_ratios(df, "z")
+
+
+SWEEP_COLS = {"rank", "r2", "method", "pass", "median_s", "iqr_s", "min_s", "max_s", "n", "number", "norm_s",
+              "norm_iqr_s", "ref_s", "times_s", "ratios", "cached", "device", "device_name", "torch", "threads",
+              "dtype", "channels_last", "frozen", "batch", "input_shape", "weight_shape", "signature"}
+
+
+def test_sweep_shapes_and_columns():
+    df = sweep(tiny_conv(), ranks=[6, 4, 5], passes=("forward", "train"), repeats=2, reference_every=2, **FAST)
+    assert SWEEP_COLS <= set(df.columns)
+    assert len(df) == 2 * (3 + 1)  # 3 ranks + the original, per pass
+    keep = df[df["method"] == "keep"]
+    assert set(keep["rank"]) == {0} and set(keep["pass"]) == {"forward", "train"}
+    dec = df[df["method"] == "tucker2"]
+    assert sorted(set(dec["rank"])) == [4, 5, 6] and (dec["r2"] == dec["rank"]).all()
+    assert (df["n"] == 2).all() and not df["cached"].any()
+    assert (df["median_s"] > 0).all() and (df["norm_s"] > 0).all()
+    assert df["input_shape"].iloc[0] == "2x16x6x6" and df["threads"].iloc[0] == 1
+    assert per_repeat(dec).shape == (2, 6)
+
+
+def test_sweep_default_range_beta_batch_and_svd():
+    spec = tiny_conv(weight_shape=[16, 32, 3, 3], input_shape=[2, 32, 6, 6], ranks=[9, 4])  # beta = 4/9
+    df = sweep(spec, passes=("train",), repeats=1, batch=3, **FAST)
+    dec = df[df["method"] == "tucker2"]
+    assert sorted(dec["rank"], reverse=True) == rank_range(spec, beta=4 / 9)
+    assert (dec["r2"] == (dec["rank"] * 4 / 9).astype(int).clip(lower=1)).all()
+    assert df["batch"].iloc[0] == 3 and "in=3x32x6x6" in df["signature"].iloc[0]
+    lin = sweep(tiny_linear(), ranks=[3, 4], passes=("forward",), repeats=1, **FAST)
+    assert set(lin["method"]) == {"svd", "keep"} and (lin[lin.method == "svd"]["r2"] == 0).all()
+
+
+def test_sweep_frozen_and_errors():
+    df = sweep(tiny_conv(), ranks=[4], passes=("step",), repeats=1, frozen=("first", "last"), **FAST)
+    assert df["frozen"].iloc[0] == "first,last"
+    with pytest.raises(ValueError, match="factor role"):
+        sweep(tiny_conv(), ranks=[4], passes=("train",), repeats=1, frozen=("middle",), **FAST)
+    with pytest.raises(ValueError, match="unknown pass"):
+        sweep(tiny_conv(), ranks=[4], passes=("fwd",), **FAST)
+    with pytest.raises(ValueError, match="order"):
+        sweep(tiny_conv(), ranks=[4, 5], passes=("forward",), repeats=1, orders=("sideways",), **FAST)
+
+
+def test_cache_hit_miss_and_partial(tmp_path, monkeypatch):
+    cache = TimingCache(tmp_path)
+    a = sweep(tiny_conv(), ranks=[4, 5], passes=("train",), repeats=2, cache=cache, **FAST)
+    assert not a["cached"].any() and len(list(tmp_path.glob("timings_*.csv"))) == 1
+    measured = []
+    real = timing._measure
+
+    def spy(spec, method, ranks, *args, **kw):
+        measured.append(list(ranks))
+        return real(spec, method, ranks, *args, **kw)
+
+    monkeypatch.setattr(timing, "_measure", spy)
+    b = sweep(tiny_conv(), ranks=[4, 5], passes=("train",), repeats=2, cache=cache, **FAST)
+    assert measured == [] and b["cached"].all()  # hit: nothing re-timed
+    pd.testing.assert_series_equal(a["median_s"], b["median_s"], check_exact=False, rtol=1e-5)
+    c = sweep(tiny_conv(), ranks=[4, 5, 6], passes=("train",), repeats=2, cache=cache, **FAST)
+    assert measured == [[6]]  # partial miss: only the new rank
+    assert sorted(c[c.method == "tucker2"]["rank"]) == [4, 5, 6]
+    sweep(tiny_conv(), ranks=[4], passes=("train",), repeats=3, cache=cache, **FAST)
+    assert measured[-1] == [4]  # more repeats asked than cached: re-timed
+    # other settings are other keys: a miss
+    sweep(tiny_conv(), ranks=[4], passes=("forward",), repeats=1, cache=cache, **FAST)
+    assert measured[-1] == [4]
+
+
+def _row(rank=4):
+    return {"method": "svd", "rank": rank, "r2": 0, "pass": "train", "median_s": 1e-3, "n": 3, "norm_s": 1e-3,
+            "ref_s": 2e-3, "times_s": "0.001", "ratios": "0.5"}
+
+
+def test_cache_keyed_by_device(tmp_path):
+    cache = TimingCache(tmp_path)
+    kcpu = timing_key("cpu:Xeon", torch.float32, "train", "sig")
+    kgpu = timing_key("NVIDIA H100", torch.float32, "train", "sig")
+    cache.add([_row()], {"train": kcpu})
+    assert len(cache.lookup(kcpu)) == 1
+    assert cache.lookup(kgpu) == []  # never a CPU entry for CUDA
+    assert cache.path(kcpu) != cache.path(kgpu)
+    # even a CPU file copied to where the CUDA entries live is not used
+    cache.path(kgpu).write_text(cache.path(kcpu).read_text())
+    with pytest.warns(UserWarning, match="measured elsewhere"):
+        assert TimingCache(tmp_path).lookup(kgpu) == []
+    # other torch version / dtype / threads are other keys
+    assert cache.lookup({**kcpu, "torch": "0.0"}) == []
+    assert cache.lookup(timing_key("cpu:Xeon", torch.float16, "train", "sig")) == []
+    assert cache.lookup(timing_key("cpu:Xeon", torch.float32, "train", "sig", threads=99)) == []
+
+
+def test_cache_corrupt_file_warns(tmp_path):
+    cache = TimingCache(tmp_path)
+    k = timing_key("cpu:Xeon", torch.float32, "train", "sig")
+    cache.path(k).parent.mkdir(parents=True, exist_ok=True)
+    cache.path(k).write_text("device_name,rank\n\x00garbage,notanumber\n")
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert cache.lookup(k) == []
+    assert not cache.path(k).exists() and cache.path(k).with_suffix(".corrupt").exists()
+    cache.add([_row(7)], {"train": k})  # works again afterwards
+    assert [r["rank"] for r in cache.lookup(k)] == [7]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TimingCache(tmp_path).lookup(k)  # a good file reads silently
+
+
+def test_as_cache(tmp_path):
+    assert as_cache(None) is None and as_cache(False) is None
+    assert as_cache(tmp_path).folder == tmp_path
+    c = TimingCache(tmp_path)
+    assert as_cache(c) is c
+    with pytest.raises(ValueError, match="cache must be"):
+        as_cache(3)
+
+
+def test_sweep_reads_rows_types_from_cache(tmp_path):
+    cache = TimingCache(tmp_path)
+    sweep(tiny_conv(), ranks=[4, 5], passes=("train",), repeats=1, cache=cache, **FAST)
+    df = sweep(tiny_conv(), ranks=[4, 5], passes=("train",), repeats=1, cache=TimingCache(tmp_path), **FAST)
+    assert df["rank"].dtype.kind == "i" and df["median_s"].dtype.kind == "f"
+    assert np.isfinite(per_repeat(df)).all()
