@@ -130,3 +130,66 @@ def plot_convergence(
 
 
 __all__ += ["plot_convergence"]
+
+
+def plot_step_time_curve(
+    df: pd.DataFrame,
+    chosen: int | None = None,
+    highlight: Sequence[int] = (257, 256, 270, 242),
+    pass_: str | None = None,
+    column: str = "norm_s",
+    title: str | None = None,
+):
+    """Fig. 2 of the sequential-freezing paper: step time vs rank (top) and its first
+    difference ``delta t(r) = t(r) - t(r-1)`` (bottom), from a :func:`lrdnb.timing.sweep` frame.
+
+    Args:
+        df: sweep frame (rows with ``method == "keep"`` give the original layer's time ``T``,
+            drawn as a dashed line); may hold several sweeps (column ``sweep``), one line each.
+        chosen: Algorithm 1's rank, marked in both panels.
+        highlight: ranks the paper highlights (257/256: the 15% step; 270..242: a flat stretch);
+            those inside the swept range are marked.
+        pass_: which pass to draw (default: ``train`` if present, else the first).
+        column: ``norm_s`` (reference-normalised) or ``median_s`` (raw).
+    """
+    passes = list(dict.fromkeys(df["pass"]))
+    pass_ = pass_ or ("train" if "train" in passes else passes[0])
+    d = df[df["pass"] == pass_]
+    groups = list(d.groupby("sweep")) if "sweep" in d else [(None, d)]
+    fig, (top, bot) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    lo = hi = None
+    for i, (name, g) in enumerate(groups):
+        c = g[g["method"] != "keep"].sort_values("rank")
+        r, t = c["rank"].to_numpy(), c[column].to_numpy() * 1e3
+        lo, hi = (r.min(), r.max()) if lo is None else (min(lo, r.min()), max(hi, r.max()))
+        lab = f"sweep {name}" if name is not None else "decomposed (Tucker2/SVD)"
+        line, = top.plot(r, t, ".-", ms=3, lw=1, label=lab)
+        if {"min_s", "max_s"} <= set(c.columns) and column == "median_s":
+            top.fill_between(r, c["min_s"] * 1e3, c["max_s"] * 1e3, alpha=0.15, color=line.get_color())
+        w = 0.8 / len(groups)
+        bot.bar(r[1:] + (i - (len(groups) - 1) / 2) * w, t[1:] - t[:-1], width=w, color=line.get_color())
+        keep = g[g["method"] == "keep"]
+        if len(keep):
+            top.axhline(float(keep[column].iloc[0]) * 1e3, ls="--", lw=1, color=line.get_color(),
+                        label=f"original layer T{'' if name is None else f' ({name})'}")
+    for h in highlight:
+        if lo is not None and lo <= h <= hi:
+            for ax in (top, bot):
+                ax.axvline(h, color="gray", lw=0.8, ls=":")
+            top.annotate(str(h), (h, 1.0), xycoords=("data", "axes fraction"), fontsize=7, ha="center", va="bottom")
+    if chosen is not None:
+        for ax in (top, bot):
+            ax.axvline(chosen, color="tab:red", lw=1.5)
+        top.plot([], [], color="tab:red", label=f"Algorithm 1: {chosen}")
+    bot.axhline(0, color="black", lw=0.8)
+    top.set_ylabel(f"{pass_} time per call (ms)")
+    bot.set_ylabel("delta t(r) = t(r) - t(r-1) (ms)")
+    bot.set_xlabel("rank")
+    top.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+__all__ += ["plot_step_time_curve"]
