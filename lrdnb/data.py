@@ -10,7 +10,7 @@ Read from the files as distributed (no conversion step):
 * ImageNet and any ``ImageFolder`` tree (``ROOT/train/<class>/*.JPEG``, ``ROOT/val/...``).
 
 Transforms fit the model: resize to ``image_size`` (done once, at load, for the in-memory
-datasets), 1 -> 3 channels (or 3 -> 1), normalisation by the dataset's (or ImageNet's) mean
+datasets while they fit in 1 GiB resized; per item beyond), 1 -> 3 channels (or 3 -> 1), normalisation by the dataset's (or ImageNet's) mean
 and std, optional flip + padded random crop. Random draws use torch's global RNG, which
 :func:`lrdnb.train.fit` reseeds per epoch, so a resumed run sees the same data.
 
@@ -53,6 +53,8 @@ STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 NORMALIZE = ("dataset", "imagenet", None)
+#: In-memory datasets are stored resized up to this size (uint8 bytes); beyond, items are resized when read.
+_MAX_RESIZED_BYTES = 1 << 30
 _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}  # IDX is big-endian
 
 
@@ -85,6 +87,7 @@ class TensorImageDataset(Dataset):
             takes the ITU-R 601 luma).
         augment: random horizontal flip and a random crop after ``H // 8`` zero padding.
         classes: class names.
+        resize_to: resize each item to this side when read (for sizes too big to store resized).
     """
 
     def __init__(
@@ -96,13 +99,14 @@ class TensorImageDataset(Dataset):
         channels: int = 3,
         augment: bool = False,
         classes: Sequence[str] = (),
+        resize_to: int | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {list(images.shape)}")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         self.images, self.labels = images, labels.long()
-        self.channels, self.augment, self.classes = channels, augment, list(classes)
+        self.channels, self.augment, self.classes, self.resize_to = channels, augment, list(classes), resize_to
         c = images.shape[1]
         self.mean = None if mean is None else torch.tensor(_fit_stats(mean, c, channels)).view(-1, 1, 1)
         self.std = None if std is None else torch.tensor(_fit_stats(std, c, channels)).view(-1, 1, 1)
@@ -112,6 +116,8 @@ class TensorImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         x = self.images[i].float().div_(255)
+        if self.resize_to is not None and x.shape[-1] != self.resize_to:
+            x = F.interpolate(x[None], size=(self.resize_to,) * 2, mode="bilinear", antialias=True, align_corners=False)[0]
         if x.shape[0] != self.channels:
             x = x.expand(3, -1, -1) if self.channels == 3 else (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
         if self.augment:
@@ -317,8 +323,11 @@ def load_dataset(
     idx = _subset_indices(len(labels), subset, seed)
     if idx is not None:
         images, labels = images[idx], labels[idx]
-    images = _resize_uint8(images, image_size)
-    return TensorImageDataset(images, labels, mean, std, channels=channels, augment=augment, classes=classes)
+    lazy = image_size is not None and images.shape[0] * images.shape[1] * image_size**2 > _MAX_RESIZED_BYTES
+    if not lazy:
+        images = _resize_uint8(images, image_size)
+    return TensorImageDataset(images, labels, mean, std, channels=channels, augment=augment, classes=classes,
+                              resize_to=image_size if lazy else None)
 
 
 def make_loaders(

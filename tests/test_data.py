@@ -156,3 +156,15 @@ def test_real_fashion_mnist_debian_path():
     ds = load_dataset("fashion-mnist", split="test", image_size=32, subset=100)
     assert len(ds) == 100 and ds[0][0].shape == (3, 32, 32)
     assert len(ds.labels.unique()) == 10
+
+
+def test_large_sizes_resize_per_item(tmp_path, monkeypatch):
+    import lrdnb.data as D
+
+    raw = fake_fashion(tmp_path)
+    eager = load_dataset("fashion-mnist", root=tmp_path, split="test", image_size=40)
+    monkeypatch.setattr(D, "_MAX_RESIZED_BYTES", 100)
+    lazy = load_dataset("fashion-mnist", root=tmp_path, split="test", image_size=40)
+    assert lazy.images.shape[-1] == 28 and eager.images.shape[-1] == 40
+    assert lazy[2][0].shape == (3, 40, 40)
+    assert (lazy[2][0] - eager[2][0]).abs().max() < 0.02  # eager rounds to uint8 after resizing
