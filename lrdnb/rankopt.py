@@ -24,9 +24,9 @@ from torch import nn
 
 from . import ranks as R
 from .plan import LayerSpec, Plan
-from .timing import per_repeat, sweep
+from .timing import per_repeat, sweep, verify_steps
 
-__all__ = ["VARIANTS", "SMOOTHERS", "rank_range", "algorithm1", "curve_steps", "joint_select", "optimize_ranks"]
+__all__ = ["VARIANTS", "SMOOTHERS", "rank_range", "step_table", "algorithm1", "curve_steps", "joint_select", "optimize_ranks"]
 
 VARIANTS = ("paper", "relative")
 SMOOTHERS = (None, "median3", "median5", "consistent")
@@ -90,6 +90,56 @@ def _running_median(x: np.ndarray, width: int) -> np.ndarray:
     return np.array([np.median(x[max(0, i - h): i + h + 1]) for i in range(len(x))])
 
 
+def step_table(
+    ranks: Sequence[int],
+    times: Sequence[float] | np.ndarray,
+    variant: str = "paper",
+    multiple: int | None = None,
+    smooth: str | None = None,
+    min_drop: float = 0.0,
+) -> pd.DataFrame:
+    """Every candidate step of a curve, as Algorithm 1 scores them (see :func:`algorithm1`).
+
+    Returns:
+        One row per candidate ``c`` (every measured rank but the top), ascending:
+        ``candidate``, ``above`` (next measured rank above), ``t_s`` (median time at ``c``),
+        ``drop_s`` (time saved going from ``above`` to ``c``, after smoothing), ``drop_rel``
+        (``drop_s / t(above)``), ``score`` (``drop_s`` for ``"paper"``, ``drop_rel`` for
+        ``"relative"``) and ``valid`` (passes ``multiple`` / ``min_drop`` / consistency).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown Algorithm 1 variant {variant!r}; valid: {list(VARIANTS)}")
+    if smooth not in SMOOTHERS:
+        raise ValueError(f"unknown smoothing {smooth!r}; valid: {list(SMOOTHERS)}")
+    r = np.asarray(ranks, dtype=int)
+    t = np.asarray(times, dtype=float)
+    t = t[None, :] if t.ndim == 1 else t
+    if t.shape[1] != len(r) or len(r) < 2:
+        raise ValueError(f"need >= 2 ranks and times of shape [len(ranks)] or [repeats, len(ranks)]; "
+                         f"got {len(r)} ranks and times {t.shape}")
+    order = np.argsort(r)
+    r, t = r[order], t[:, order]
+    curve = np.median(t, axis=0)
+    step = t[:, 1:] - t[:, :-1]  # step[:, i]: time saved going from r[i+1] down to r[i]
+    if smooth in ("median3", "median5"):
+        sm = _running_median(curve, int(smooth[-1]))
+        drop = sm[1:] - sm[:-1]
+    else:
+        drop = np.median(step, axis=0)
+    valid = np.ones(len(drop), dtype=bool)
+    if smooth == "consistent":
+        if t.shape[0] < 2:
+            raise ValueError("smooth='consistent' needs per-repeat times: [repeats, len(ranks)], repeats >= 2")
+        valid &= (step > 0).all(axis=0)
+    rel = drop / curve[1:]
+    if min_drop > 0:
+        valid &= rel >= min_drop
+    if multiple:
+        valid &= r[:-1] % int(multiple) == 0
+    return pd.DataFrame({"candidate": r[:-1], "above": r[1:], "t_s": curve[:-1], "drop_s": drop, "drop_rel": rel,
+                         "score": rel if variant == "relative" else drop, "valid": valid})
+
+
 def algorithm1(
     ranks: Sequence[int],
     times: Sequence[float] | np.ndarray,
@@ -98,6 +148,8 @@ def algorithm1(
     multiple: int | None = None,
     smooth: str | None = None,
     min_drop: float = 0.0,
+    verified: pd.DataFrame | None = None,
+    tie_tol: float = 0.0,
 ) -> tuple[int | None, str]:
     """Algorithm 1 (Hajimolahoseini et al. 2023): the rank just past the biggest step-time drop.
 
@@ -108,7 +160,15 @@ def algorithm1(
     so 256, the rank *after* the drop, is chosen. Here every candidate ``c`` scores
     ``t(next measured rank above c) - t(c)``, so the choice is ``c = r - 1`` for the paper's
     ``argmax_r delta t(r)``; the top rank ``R`` is never a candidate (nothing above it is timed),
-    as in the paper.
+    as in the paper. With the defaults this is exactly the paper's algorithm.
+
+    For noisy devices (beyond the paper): ``smooth``, ``min_drop``, and ``verified`` - paired
+    re-measurements of the best candidates (:func:`lrdnb.timing.verify_steps`): then only
+    candidates whose every round confirmed the drop compete, scored by their paired drop, and if
+    none is confirmed the top rank ``R`` is kept (no step is worth extra compression). ``tie_tol``
+    treats drops within ``tie_tol`` (relative units) of the best as equal and takes the highest of
+    those ranks (least accuracy lost), which makes the choice stable when a device has several
+    equal steps (this CPU: every multiple of 16).
 
     Args:
         ranks: the measured ranks (any order; a coarse grid is fine: drops are taken between
@@ -124,6 +184,8 @@ def algorithm1(
             candidate's drop must be positive in every repeat (needs 2-D ``times``).
         min_drop: candidates must save at least this fraction of ``t``; if none does, the top
             rank ``R`` is returned ("no step above the noise").
+        verified: :func:`lrdnb.timing.verify_steps`'s table for some candidates.
+        tie_tol: drops within this (relative) of the best count as ties -> highest rank.
 
     Returns:
         ``(rank, reason)``; ``rank`` is ``None`` when the original layer is at least as fast.
@@ -133,44 +195,35 @@ def algorithm1(
         >>> algorithm1([254, 255, 256, 257, 258], t, t_original=2.0)[0]
         255
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown Algorithm 1 variant {variant!r}; valid: {list(VARIANTS)}")
-    if smooth not in SMOOTHERS:
-        raise ValueError(f"unknown smoothing {smooth!r}; valid: {list(SMOOTHERS)}")
-    r = np.asarray(ranks, dtype=int)
-    t = np.asarray(times, dtype=float)
-    t = t[None, :] if t.ndim == 1 else t
-    if t.shape[1] != len(r) or len(r) < 2:
-        raise ValueError(f"need >= 2 ranks and times of shape [len(ranks)] or [repeats, len(ranks)]; "
-                         f"got {len(r)} ranks and times {t.shape}")
-    order = np.argsort(r)
-    r, t = r[order], t[:, order]
+    st = step_table(ranks, times, variant, multiple, smooth, min_drop)
+    r_all = np.sort(np.asarray(ranks, dtype=int))
+    curve = np.median(np.atleast_2d(np.asarray(times, dtype=float))[:, np.argsort(np.asarray(ranks))], axis=0)
     T = float(np.median(np.asarray(t_original, dtype=float)))
-    curve = np.median(t, axis=0)
-    step = t[:, 1:] - t[:, :-1]  # step[:, i]: time saved going from r[i+1] down to r[i]
-    if smooth in ("median3", "median5"):
-        sm = _running_median(curve, int(smooth[-1]))
-        drop = sm[1:] - sm[:-1]
+    opts = ", ".join(x for x in (smooth, f"x{multiple}" if multiple else "", "verified" if verified is not None
+                                 else "", f"ties {tie_tol:g}" if tie_tol else "") if x)
+    tag = f"Algorithm 1 ({variant}{', ' + opts if opts else ''})"
+    if verified is not None:
+        v = verified[verified["ratio_max"] < 1.0]
+        if multiple:
+            v = v[v["candidate"] % int(multiple) == 0]
+        cand = v.rename(columns={"drop_rel": "score"})
+        why_none = f"no step confirmed by paired re-timing of {sorted(verified['candidate'].tolist())}; top rank kept"
     else:
-        drop = np.median(step, axis=0)
-    valid = np.ones(len(drop), dtype=bool)
-    if smooth == "consistent":
-        if t.shape[0] < 2:
-            raise ValueError("smooth='consistent' needs per-repeat times: [repeats, len(ranks)], repeats >= 2")
-        valid &= (step > 0).all(axis=0)
-    above = curve[1:]
-    rel = drop / above
-    valid &= rel >= min_drop
-    if multiple:
-        valid &= r[:-1] % int(multiple) == 0
-    score = rel if variant == "relative" else drop
-    tag = f"Algorithm 1 ({variant}{', ' + smooth if smooth else ''}{f', x{multiple}' if multiple else ''})"
-    if not valid.any():
-        pick, how = len(r) - 1, f"no drop of at least {min_drop:.0%} among candidates; top rank kept"
+        cand = st[st["valid"]]
+        why_none = f"no drop of at least {min_drop:.0%} among candidates; top rank kept"
+    if cand.empty:
+        chosen, how = int(r_all[-1]), why_none
     else:
-        i = int(np.argmax(np.where(valid, score, -np.inf)))
-        pick, how = i, f"drop {rel[i]:.1%} at {r[i + 1]}->{r[i]}"
-    chosen, tc = int(r[pick]), float(curve[pick])
+        best = cand["score"].max()
+        tol = tie_tol * (1.0 if verified is not None or variant == "relative" else float(np.median(curve)))
+        ties = cand[cand["score"] >= best - tol] if tie_tol else cand[cand["score"] == best]
+        pick = ties.sort_values("candidate").iloc[-1 if tie_tol else 0]
+        chosen = int(pick["candidate"])
+        rel = float(pick["score"] if verified is not None else st.loc[st["candidate"] == chosen, "drop_rel"].iloc[0])
+        above = int(pick["above"])
+        how = f"drop {rel:.1%} at {above}->{chosen}" + (f", best of {len(ties)} within {tie_tol:g}" if len(ties) > 1
+                                                        else "")
+    tc = float(curve[r_all == chosen][0])
     if tc >= T:
         return None, (f"{tag}: rank {chosen} ({how}) takes {tc * 1e3:.3g} ms >= original {T * 1e3:.3g} ms; "
                       "original layer kept")
@@ -376,6 +429,9 @@ def optimize_ranks(
     multiple: int | None = None,
     smooth: str | None = "median3",
     min_drop: float = 0.0,
+    verify_top: int = 3,
+    verify_rounds: int = 5,
+    tie_tol: float = 0.03,
     repeats: int = 3,
     orders: Sequence[str] = ("desc", "asc", "shuffle"),
     min_run_time: float = 0.004,
@@ -405,7 +461,10 @@ def optimize_ranks(
             the plan).
         plan: a plan from :func:`lrdnb.plan`; layers with method ``"keep"`` stay kept.
         pass_: ``"forward"``, ``"train"`` or ``"step"`` - what to make fast.
-        variant, multiple, smooth, min_drop: see :func:`algorithm1`.
+        variant, multiple, smooth, min_drop, tie_tol: see :func:`algorithm1`.
+        verify_top: re-time this many best candidate steps of each curve in interleaved pairs
+            (:func:`lrdnb.timing.verify_steps`, ``verify_rounds`` rounds) and let only confirmed
+            steps compete; ``0`` with ``smooth=None, tie_tol=0`` is the paper's Algorithm 1 as is.
         repeats, orders, min_run_time, reference_every, threads, channels_last: see
             :func:`lrdnb.timing.sweep`.
         alpha: ``"plan"`` (the plan's ratio where its ranks are eq. 5's, else each layer's own
@@ -456,17 +515,28 @@ def optimize_ranks(
         curves[key] = df
     by_name = {s.name: key for key, members in groups.items() for s in members}
 
+    info: dict[str, Any] = {}
     if method == "algorithm1":
-        for s in specs:
-            r, t2, tm, T = _curve(curves[by_name[s.name]], pass_)
+        n_verified = 0
+        for key, members in groups.items():
+            r, t2, tm, T = _curve(curves[key], pass_)
             if len(r) >= 2:
+                vt = None
+                if verify_top:
+                    st = step_table(r, t2, variant, multiple, smooth, min_drop)
+                    top = st[st["valid"]].nlargest(verify_top, "score")["candidate"].tolist()
+                    vt = verify_steps(members[0], top, pass_, rounds=verify_rounds, device=dev, threads=threads,
+                                      dtype=dtype, channels_last=channels_last, method=key[1],
+                                      min_run_time=min_run_time, cache=cache)
+                    n_verified += int((~vt["cached"].astype(bool)).sum())
                 choice, why = algorithm1(r, t2, T, variant=variant, multiple=multiple, smooth=smooth,
-                                         min_drop=min_drop)
+                                         min_drop=min_drop, verified=vt, tie_tol=tie_tol)
             else:
                 choice = int(r[0]) if tm[0] < T else None
                 why = f"single rank {r[0]} in range; {'faster' if choice else 'not faster'} than original"
-            _set(new, s, choice, why, tm[r == choice][0] if choice else T, T)
-        info: dict[str, Any] = {}
+            for s in members:
+                _set(new, s, choice, why, tm[r == choice][0] if choice else T, T)
+        info["steps_verified"] = n_verified
     else:
         info = _joint(new, specs, curves, by_name, model, pass_, budget, lam)
     meta = dict(new.meta)
@@ -474,6 +544,7 @@ def optimize_ranks(
         "method": method, "pass": pass_, "device": str(dev), "device_name": device_name(dev),
         "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""), "threads": threads or torch.get_num_threads(),
         "variant": variant, "smooth": smooth, "multiple": multiple, "min_drop": min_drop, "repeats": repeats,
+        "verify_top": verify_top, "verify_rounds": verify_rounds, "tie_tol": tie_tol,
         "min_run_time": min_run_time, "signatures": len(groups), "signatures_timed": n_swept,
         "timings": n_timings, "seconds": round(time.perf_counter() - t_start, 3), **info,
     }

@@ -43,6 +43,7 @@ __all__ = [
     "paired_ratios",
     "sweep",
     "per_repeat",
+    "verify_steps",
 ]
 
 #: ``forward`` (no grad), ``train`` (forward + backward), ``step`` (train + SGD momentum update).
@@ -185,6 +186,8 @@ def interleaved(
     min_run_time: float = 0.2,
     threads: int | None = None,
     progress: bool = True,
+    mode: str = "blocked",
+    number: int | None = None,
 ) -> pd.DataFrame:
     """Time several zero-argument callables round-robin: ``A B C``, ``B C A``, ``C A B``, ...
 
@@ -197,6 +200,8 @@ def interleaved(
         variants: ``{name: fn}``; each ``fn()`` runs one unit of work (a step, a forward, ...).
         rounds: rounds (>= 5 recommended, MEASURING.md).
         min_run_time: seconds per measurement (``Timer.blocked_autorange``).
+        mode, number: measurement mode of :func:`time_callable` (``"fixed"`` with ``number``
+            calls is the cheap one, for many short measurements).
 
     Returns:
         Tidy DataFrame, one row per (round, variant): ``round, position, variant, median_s,
@@ -218,7 +223,8 @@ def interleaved(
     for k in range(rounds):
         order = names[k % len(names):] + names[: k % len(names)]
         for pos, name in enumerate(order):
-            r = time_callable(variants[name], device, min_run_time=min_run_time, threads=threads)
+            r = time_callable(variants[name], device, min_run_time=min_run_time, threads=threads, mode=mode,
+                              number=number)
             rows.append({"round": k, "position": pos, "variant": name, **r})
             bar.update()
     bar.close()
@@ -498,3 +504,78 @@ def per_repeat(df: pd.DataFrame, column: str = "ratios") -> np.ndarray:
     n = max(len(v) for v in vals)
     out = np.array([v + [float(np.median(v))] * (n - len(v)) for v in vals])
     return out.T
+
+
+def verify_steps(
+    spec: LayerSpec,
+    candidates: Sequence[int],
+    pass_: str = "train",
+    rounds: int = 5,
+    device: str | torch.device = "auto",
+    threads: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+    method: str | None = None,
+    beta: float | None = None,
+    frozen: Sequence[str] = (),
+    min_run_time: float = 0.01,
+    cache: Any = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Check candidate steps ``c + 1 -> c`` of a sweep curve with paired, interleaved timings.
+
+    A sweep measures each rank a few times; a step seen there may be one slow measurement. Here
+    every candidate ``c`` and its upper neighbour ``c + 1`` are timed round-robin with
+    :func:`interleaved` (all pairs in one rotation, ``rounds`` rounds) and the per-round ratio
+    ``t(c) / t(c + 1)`` is reported: a real step has every round's ratio below 1.
+
+    Returns:
+        One row per candidate: ``candidate``, ``above`` (= c + 1), ``ratio`` (median over rounds),
+        ``ratio_min``, ``ratio_max``, ``drop_rel`` (``1 - ratio``), ``rounds``, ``cached``.
+        Cached (like sweeps) under the sweep key with method ``"<method>-step"``.
+    """
+    from .cache import as_cache, timing_key
+
+    _check_pass(pass_)
+    method = method or spec.method
+    if beta is None:
+        beta = spec.ranks[1] / spec.ranks[0] if method == "tucker2" and len(spec.ranks) == 2 else 1.0
+    dev = resolve_device(device)
+    threads = int(threads or torch.get_num_threads())
+    frozen = tuple(frozen)
+    store = as_cache(cache)
+    key = timing_key(_device_name(dev), dtype, pass_, spec.signature, channels_last, threads, frozen)
+    tag = f"{method}-step"
+    have = {}
+    if store is not None:
+        have = {int(r["rank"]): r for r in store.lookup(key) if r["method"] == tag and r["n"] >= rounds}
+    cands = sorted({int(c) for c in candidates}, reverse=True)
+    todo = [c for c in cands if c not in have]
+    rows = []
+    if todo:
+        old_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            mods = {r: _module(spec, method, r, beta, frozen) for r in sorted({*todo, *(c + 1 for c in todo)})}
+            run = {r: make_runner(m, spec.input_shape, pass_, dev, dtype, channels_last) for r, m in mods.items()}
+            est = time_callable(run[max(run)], dev, mode="fixed", number=1, threads=threads)["median_s"]
+            number = int(min(1000, max(1, round(min_run_time / max(est, 1e-7)))))
+            df = interleaved({str(r): f for r, f in run.items()}, rounds=rounds, device=dev, threads=threads,
+                             progress=progress, mode="fixed", number=number)
+        finally:
+            torch.set_num_threads(old_threads)
+        wide = df.pivot_table(index="round", columns="variant", values="median_s")
+        for c in todo:
+            q = (wide[str(c)] / wide[str(c + 1)]).to_numpy()
+            rows.append({"method": tag, "rank": c, "r2": c + 1, "pass": pass_, "median_s": float(np.median(q)),
+                         "min_s": float(q.min()), "max_s": float(q.max()), "n": int(len(q)), "number": number,
+                         "times_s": ";".join(f"{x:.6g}" for x in q)})
+        if store is not None:
+            store.add(rows, {pass_: key})
+    out = [dict(r, cached=False) for r in rows] + [dict(have[c], cached=True) for c in cands if c in have]
+    res = pd.DataFrame([{"candidate": int(r["rank"]), "above": int(r["rank"]) + 1, "ratio": float(r["median_s"]),
+                         "ratio_min": float(r["min_s"]), "ratio_max": float(r["max_s"]),
+                         "drop_rel": 1.0 - float(r["median_s"]), "rounds": int(r["n"]), "cached": r["cached"]}
+                        for r in out], columns=["candidate", "above", "ratio", "ratio_min", "ratio_max", "drop_rel",
+                                                "rounds", "cached"])
+    return res.sort_values("candidate", ascending=False).reset_index(drop=True)

@@ -225,6 +225,7 @@ def test_optimize_ranks_algorithm1_tiny(tiny, tmp_path):
     # warm cache: nothing re-timed, same plan
     again = optimize_ranks(m, x, p, cache=TimingCache(tmp_path), smooth=None, **FAST)
     assert again.meta["rank_optimization"]["timings"] == 0
+    assert again.meta["rank_optimization"]["steps_verified"] == 0
     assert [s.ranks for s in again] == [s.ranks for s in new]
 
 
@@ -257,3 +258,20 @@ def test_optimize_ranks_errors(tiny):
     m, x = tiny
     with pytest.raises(ValueError, match="valid"):
         optimize_ranks(m, x, lrdnb.plan(m, x), method="greedy", cache=None)
+
+
+def test_algorithm1_verified_and_ties():
+    ranks = list(range(240, 310))
+    t = staircase(ranks)
+    t[ranks.index(281)] += 1.0  # the sweep's biggest "step" is a spike at 281 -> 280
+    # paired re-timing: 280 is not confirmed (a round saw it slower), 256 and 272 are, about equally
+    v = pd.DataFrame({"candidate": [280, 272, 256], "above": [281, 273, 257], "ratio": [0.99, 0.88, 0.87],
+                      "ratio_min": [0.8, 0.85, 0.84], "ratio_max": [1.2, 0.9, 0.9]})
+    v["drop_rel"] = 1 - v["ratio"]
+    r, why = algorithm1(ranks, t, 10.0, verified=v)
+    assert r == 256 and "verified" in why
+    r, why = algorithm1(ranks, t, 10.0, verified=v, tie_tol=0.03)
+    assert r == 272 and "best of 2" in why  # equal steps: the highest rank loses least accuracy
+    none = v.assign(ratio_max=1.1)
+    r, why = algorithm1(ranks, t, 10.0, verified=none)
+    assert r == max(ranks) and "no step confirmed" in why
