@@ -27,7 +27,12 @@ Multi-GPU: launched under ``torchrun`` (``torch.distributed`` initialised) the m
 would never be synchronised), with ``find_unused_parameters=True`` when the schedule freezes.
 A ``Dataset`` gets a ``DistributedSampler``; a ``DataLoader`` you pass must shard itself.
 Every rank evaluates the whole test set; rank 0 writes the checkpoint and shows progress; rows
-hold rank 0's timings.
+hold rank 0's timings. For example, ``torchrun --nproc_per_node=4 finetune.py`` with::
+
+    torch.distributed.init_process_group("nccl")
+    df = fit(model, train_dataset, test_dataset, epochs=30, lr=1e-3, schedule="sequential",
+             checkpoint="run.pt")  # every rank passes the same path (shared file system)
+    torch.distributed.destroy_process_group()
 """
 from __future__ import annotations
 
@@ -185,7 +190,8 @@ def fit(
         num_workers: DataLoader workers for Datasets.
         reset_momentum_on_unfreeze: drop the momentum buffer of a factor when it is unfrozen, so
             it restarts as a fresh parameter instead of replaying its last buffer (our choice;
-            the paper does not say).
+            the paper does not say). With step periods of a few steps this all but switches
+            momentum off for the factors; pass ``False`` there.
         on_epoch_end: called with each finished row, after the checkpoint is written (raising
             here interrupts the run cleanly).
 
