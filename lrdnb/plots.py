@@ -193,3 +193,54 @@ def plot_step_time_curve(
 
 
 __all__ += ["plot_step_time_curve"]
+
+
+def plot_accuracy_table(
+    ours: pd.DataFrame,
+    history: pd.DataFrame | None = None,
+    compare: pd.DataFrame | None = None,
+    title: str | None = None,
+):
+    """Tables 3 / 4: fine-tuning curves per method, accuracy drop and training speed-up vs the paper.
+
+    Args:
+        ours: :func:`lrdnb.experiments.accuracy.accuracy_table`'s table (one model).
+        history: its per-epoch table (``epochs_done`` 0 = right after decomposition); ``None``
+            leaves out the curves panel.
+        compare: :func:`lrdnb.experiments.accuracy.side_by_side` (paper bars); ``None`` = ours only.
+    """
+    panels = (["curves"] if history is not None else []) + ["drop", "speed"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    axes = dict(zip(panels, axes[0]))
+    labels = list(ours["label"])
+    if history is not None:
+        ax = axes["curves"]
+        for m, d in history.groupby("method", sort=False):
+            ax.plot(d["epochs_done"], 100 * d["test_acc"], "o-", ms=3, label=d["label"].iloc[0])
+        ax.set_xlabel("fine-tuning epochs (0 = right after decomposition)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(fontsize=8)
+    x = np.arange(len(ours))
+    w = 0.4 if compare is not None else 0.7
+    sh = w / 2 if compare is not None else 0
+    for key, col, pcol, ylab in (("drop", "drop_pts", "paper_drop_pts", "accuracy drop vs original (points)"),
+                                 ("speed", "train_speedup_pct", "paper_train_speedup_pct",
+                                  "training speed-up vs original (%)")):
+        ax = axes[key]
+        ax.bar(x - sh, ours[col] if col in ours else np.nan, w, color="tab:blue", label="ours")
+        if compare is not None:
+            p = compare.set_index("method")[pcol]
+            pm = compare["paper_model"].iloc[0]
+            ax.bar(x + sh, [p.get(m, np.nan) for m in ours["method"]], w, color="tab:gray", label=f"paper ({pm})")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(x, labels, rotation=30, ha="right")
+        ax.set_ylabel(ylab)
+        ax.legend(fontsize=8)
+    axes["speed"].set_title("indicative (sequential runs)", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+__all__ += ["plot_accuracy_table"]
