@@ -48,6 +48,21 @@ EXPLORE_COLUMNS = (
 _FLOP_RATE = 1e12  # nominal FLOP/s of the FLOP proxy used when no sweep is given
 
 
+def _rankopt():
+    """:mod:`lrdnb.rankopt`, imported lazily (it pulls in ``torch.utils.benchmark``, whose import
+    logs a CUDA_HOME warning on CUDA-less machines that would land in every notebook output)."""
+    import logging
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from . import rankopt
+    finally:
+        log.setLevel(level)
+    return rankopt
+
+
 def _full_rank(spec: LayerSpec) -> int:
     c, s = spec.in_channels, spec.out_channels
     kk = spec.kernel[0] * spec.kernel[1]
@@ -204,8 +219,7 @@ def sweep_plan(
     """
     from tqdm.auto import tqdm
 
-    from .rankopt import rank_range
-    from .timing import sweep
+    rank_range, sweep = _rankopt().rank_range, _rankopt().sweep
 
     if ranks not in ("range", "wide"):
         raise ValueError(f"unknown ranks {ranks!r}; valid: 'range', 'wide'")
@@ -330,7 +344,7 @@ def _predicted_time(t: pd.DataFrame, rank: int) -> float:
 def algorithm1_choice(data: pd.DataFrame, layer: str) -> tuple[int | None, str]:
     """Algorithm 1 on one layer's measured ranks in ``[R_min, plan rank]`` (calls
     :func:`lrdnb.rankopt.algorithm1`); ``(None, why)`` where nothing was measured."""
-    from .rankopt import algorithm1
+    algorithm1 = _rankopt().algorithm1
 
     t = layer_table(data, layer)
     lo, hi = int(t["rank_min"].iloc[0]), int(t["plan_rank"].iloc[0])
@@ -395,7 +409,7 @@ def model_summary(data: pd.DataFrame, budget: float | None = None, lam: float | 
         ``objective`` (the selection's sum of squared relative errors), ``lam``, ``budget_s``,
         ``within_budget``, ``decomposed``, ``layers``.
     """
-    from .rankopt import joint_select
+    joint_select = _rankopt().joint_select
 
     curves = joint_curves(data) if curves is None else curves
     orig = curves[curves["rank"] == 0].set_index("layer")

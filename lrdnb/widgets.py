@@ -100,13 +100,14 @@ def layer_explorer(data: pd.DataFrame, layer: str | None = None) -> Explorer:
 
     Args:
         data: an :func:`explorer_data` table.
-        layer: the layer shown first (default: the first).
+        layer: the layer shown first (default: the one with the largest original time).
     """
     import ipywidgets as W
     from matplotlib.figure import Figure
 
     names = layer_names(data)
-    layer = layer or names[0]
+    first = data.drop_duplicates("layer").set_index("layer")["time_original"].idxmax()
+    layer = layer or first
     if layer not in names:
         raise ValueError(f"unknown layer {layer!r}; valid: {names}")
     dd = W.Dropdown(options=[(f"{n}  ({layer_table(data, n)['method'].iloc[0]}, "
@@ -213,9 +214,9 @@ def model_explorer(data: pd.DataFrame, budget: float = 0.8, lam: float | None = 
                              continuous_update=True, layout=W.Layout(width="480px"), style={"description_width": "90px"})
     totals, table, status = W.HTML(), W.HTML(), W.HTML()
     image = W.Image(format="png", layout=W.Layout(width="720px"))
-    fig = Figure(figsize=(9, 2.6))
+    fig = Figure(figsize=(9, 2.8))
     ax = fig.subplots()
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.32, top=0.9)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.36, top=0.9)
     names = layer_names(data)
 
     def compute() -> dict[str, Any]:
