@@ -223,11 +223,21 @@ def plot_accuracy_table(
     x = np.arange(len(ours))
     w = 0.4 if compare is not None else 0.7
     sh = w / 2 if compare is not None else 0
+    rr = "train_speedup_rr" in ours
     for key, col, pcol, ylab in (("drop", "drop_pts", "paper_drop_pts", "accuracy drop vs original (points)"),
                                  ("speed", "train_speedup_pct", "paper_train_speedup_pct",
                                   "training speed-up vs original (%)")):
         ax = axes[key]
-        ax.bar(x - sh, ours[col] if col in ours else np.nan, w, color="tab:blue", label="ours")
+        if key == "speed" and rr:  # round-robin timings as bars (min-max whiskers), fine-tuning runs as marks
+            med = 100 * (ours["train_speedup_rr"].to_numpy() - 1)
+            err = np.vstack([med - 100 * (ours["train_speedup_rr_min"].to_numpy() - 1),
+                             100 * (ours["train_speedup_rr_max"].to_numpy() - 1) - med])
+            ax.bar(x - sh, med, w, yerr=err, capsize=3, color="tab:blue", label="ours (round-robin)")
+            if col in ours:
+                ax.scatter(x - sh, ours[col], marker="_", s=250, color="tab:red", zorder=3,
+                           label="ours (fine-tuning runs)")
+        else:
+            ax.bar(x - sh, ours[col] if col in ours else np.nan, w, color="tab:blue", label="ours")
         if compare is not None:
             p = compare.set_index("method")[pcol]
             pm = compare["paper_model"].iloc[0]
@@ -236,7 +246,8 @@ def plot_accuracy_table(
         ax.set_xticks(x, labels, rotation=30, ha="right")
         ax.set_ylabel(ylab)
         ax.legend(fontsize=8)
-    axes["speed"].set_title("indicative (sequential runs)", fontsize=8)
+    axes["speed"].set_title("round-robin steps; fine-tuning runs indicative" if rr else
+                            "indicative (sequential fine-tuning runs)", fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -68,11 +68,19 @@ def test_accuracy_table_structure_and_reference_reuse(tmp_path: Path, no_timing)
 
     # second call with the same settings: the reference checkpoint is loaded, not retrained
     files = sorted(ck.iterdir())
-    table2, _, meta2 = A.accuracy_table("resnet10_cpu", checkpoint_dir=ck, methods=("original", "lrd"), **TINY)
+    table2, _, meta2 = A.accuracy_table("resnet10_cpu", checkpoint_dir=ck, methods=("original", "freezing", "combined"),
+                                        speed_rounds=2, speed_min_run_time=0.001, **TINY)
     assert meta2["results"]["reference"]["reused"] is True
     assert sorted(ck.iterdir()) == files
     assert meta2["results"]["reference"]["acc"] == ref["acc"]
-    assert table2.set_index("method").loc["original", "acc_before"] == t.loc["original", "acc_before"]
+    t2 = table2.set_index("method")
+    assert t2.loc["original", "acc_before"] == t.loc["original", "acc_before"]
+    assert t2.loc["freezing", "acc_before"] == t.loc["freezing", "acc_before"]  # timing copies left weights alone
+    # interleaved speed: paired ratios against the original
+    assert t2.loc["original", "train_speedup_rr"] == 1 and (t2["train_speedup_rr"] > 0).all()
+    assert (t2["train_speedup_rr_min"] <= t2["train_speedup_rr"]).all() and (t2["train_img_s_rr"] > 0).all()
+    assert "interleaved" in meta2["note"]
+    assert any("(interleaved)" in x for x in A.check_targets(table2)["target"])
 
 
 def test_train_reference_zero_epochs_keeps_model(tmp_path: Path):
@@ -102,7 +110,7 @@ def test_check_targets():
     assert ok["ok"].all() and len(ok) == 8
     bad = A.check_targets(_table([0, 1.6, 1.0, 1.0, 2.6], [1, 1.3, 1.2, 1.25, 1.1])).set_index("target")["ok"]
     assert not bad["LRD drop <= 1.5 pts"] and not bad["Combined drop <= 2.5 pts"] and bad["Rank Opt. drop <= 1.5 pts"]
-    assert not bad["speed-up LRD < Rank Opt."] and not bad["speed-up Rank Opt. < Combined"]
+    assert not bad["speed-up LRD < Rank Opt. (fine-tuning runs)"] and not bad["speed-up Rank Opt. < Combined (fine-tuning runs)"]
 
 
 def test_side_by_side_with_paper():
