@@ -203,15 +203,29 @@ def plot_accuracy_table(
 ):
     """Tables 3 / 4: fine-tuning curves per method, accuracy drop and training speed-up vs the paper.
 
+    One row of panels per model in ``ours``: test accuracy per fine-tuning epoch (epoch 0 = right
+    after decomposition), accuracy drop vs the original, training speed-up vs the original (the
+    round-robin ``train_speedup_rr`` as bars with min-max whiskers where measured, the
+    fine-tuning runs' ``train_speedup_pct`` as marks).
+
     Args:
-        ours: :func:`lrdnb.experiments.accuracy.accuracy_table`'s table (one model).
-        history: its per-epoch table (``epochs_done`` 0 = right after decomposition); ``None``
-            leaves out the curves panel.
+        ours: :func:`lrdnb.experiments.accuracy.accuracy_table`'s table (one or more models).
+        history: its per-epoch table; ``None`` leaves out the curves panels.
         compare: :func:`lrdnb.experiments.accuracy.side_by_side` (paper bars); ``None`` = ours only.
     """
+    models = list(dict.fromkeys(ours["model"])) if "model" in ours else [None]
     panels = (["curves"] if history is not None else []) + ["drop", "speed"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
-    axes = dict(zip(panels, axes[0]))
+    fig, grid = plt.subplots(len(models), len(panels), figsize=(4.6 * len(panels), 3.6 * len(models)), squeeze=False)
+    for row, model in enumerate(models):
+        sel = (lambda d: d if model is None or d is None else d[d["model"] == model])
+        _accuracy_row(dict(zip(panels, grid[row])), sel(ours), sel(history), sel(compare), model)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _accuracy_row(axes: dict, ours: pd.DataFrame, history, compare, model) -> None:
     labels = list(ours["label"])
     if history is not None:
         ax = axes["curves"]
@@ -219,6 +233,7 @@ def plot_accuracy_table(
             ax.plot(d["epochs_done"], 100 * d["test_acc"], "o-", ms=3, label=d["label"].iloc[0])
         ax.set_xlabel("fine-tuning epochs (0 = right after decomposition)")
         ax.set_ylabel("test accuracy (%)")
+        ax.set_title(str(model or ""), fontsize=9)
         ax.legend(fontsize=8)
     x = np.arange(len(ours))
     w = 0.4 if compare is not None else 0.7
@@ -245,13 +260,9 @@ def plot_accuracy_table(
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(x, labels, rotation=30, ha="right")
         ax.set_ylabel(ylab)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     axes["speed"].set_title("round-robin steps; fine-tuning runs indicative" if rr else
                             "indicative (sequential fine-tuning runs)", fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
 
 
 __all__ += ["plot_accuracy_table"]

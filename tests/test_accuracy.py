@@ -124,3 +124,23 @@ def test_side_by_side_with_paper():
     assert cmp4.loc["original", "paper_acc_pct"] == 98.22 and (cmp4["paper_model"] == "vit_b_16").all()
     with pytest.raises(ValueError, match="cifar10_acc"):
         A.side_by_side(ours, paper.table4(), paper_acc="imagenet_acc")
+
+
+def test_plot_accuracy_table_one_row_per_model():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lrdnb.plots import plot_accuracy_table
+
+    a = _table([0, 0.5, 1.0, 1.4, 2.4], [1, 1.05, 1.2, 1.25, 1.5])
+    b = a.assign(model="n")
+    for t in (a, b):
+        t["train_speedup_rr"], t["train_speedup_rr_min"], t["train_speedup_rr_max"] = t["train_speedup"], 0.9, 1.6
+    ours = pd.concat([a, b], ignore_index=True)
+    hist = pd.concat([pd.DataFrame({"model": t["model"], "method": t["method"], "label": t["label"],
+                                    "epochs_done": e, "test_acc": t["acc"]}) for t in (a, b) for e in (0, 1)])
+    fig = plot_accuracy_table(ours, hist, A.side_by_side(ours, paper.table3(), paper_model="resnet50"), title="t")
+    assert len(fig.axes) == 6
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
