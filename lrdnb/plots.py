@@ -92,6 +92,7 @@ def plot_convergence(
     df: pd.DataFrame,
     summary: pd.DataFrame | None = None,
     start_acc: float | None = None,
+    reference_acc: float | None = None,
     title: str | None = None,
 ):
     """Fig. 3: test accuracy per fine-tuning epoch, one line per freezing schedule.
@@ -105,6 +106,7 @@ def plot_convergence(
             ``epochs_done``, ``test_acc``).
         summary: per-schedule summary with ``target_acc`` and ``epochs_to_target``.
         start_acc: accuracy right after decomposition, drawn at epoch 0 for every schedule.
+        reference_acc: accuracy of the undecomposed model, drawn as a horizontal line.
     """
     colors = {"sequential": "black", "regular": "tab:red", "none": "tab:blue"}
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -114,6 +116,8 @@ def plot_convergence(
         if start_acc is not None:
             x, y = [0] + x, [100 * start_acc] + y
         ax.plot(x, y, marker="o", ms=3, color=colors.get(name), label=f"{name} freezing")
+    if reference_acc is not None:
+        ax.axhline(100 * reference_acc, color="tab:green", lw=0.8, label=f"undecomposed {100 * reference_acc:.2f}%")
     if summary is not None and len(summary):
         target = 100 * float(summary["target_acc"].iloc[0])
         ax.axhline(target, color="gray", ls="--", lw=0.8, label=f"target {target:.2f}%")
