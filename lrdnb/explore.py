@@ -267,6 +267,7 @@ def prepare_explorer_data(
     repeats: int = 3,
     min_run_time: float = 0.01,
     device: str = "auto",
+    threads: int | None = None,
     cache: Any = "default",
     data_name: str | None = None,
     data_dir: str | Path = "data",
@@ -284,6 +285,8 @@ def prepare_explorer_data(
         timing: ``"auto"`` (load the saved sweep if present, else sweep and save it), ``"load"``
             (the saved sweep or an error), ``"sweep"`` (time now on ``device`` with
             :func:`sweep_plan` and save), ``"flops"`` (no timing: FLOP proxy, nothing saved).
+        threads: intra-op threads while timing (``None``/0: torch's default). One thread is far
+            less noisy on a shared, oversubscribed CPU.
         data_name: default ``sweep_<model>_<image_size>px_b<batch>_<pass_>``.
         Others: see :func:`sweep_plan` / :func:`lrdnb.timing.sweep`.
 
@@ -311,9 +314,11 @@ def prepare_explorer_data(
         sw, meta = read_results(name, data_dir)
     elif timing in ("auto", "sweep"):
         sw = sweep_plan(p, ranks=sweep_ranks, step=step, passes=(pass_,), device=device, repeats=repeats,
-                        min_run_time=min_run_time, cache=cache, progress=progress)
+                        min_run_time=min_run_time, threads=threads or None, cache=cache, progress=progress)
         meta = provenance(device, model=model_name, image_size=image_size, batch=batch, ratio=ratio, pass_=pass_,
-                          sweep_ranks=sweep_ranks, step=step, repeats=repeats, min_run_time=min_run_time, seed=seed)
+                          sweep_ranks=sweep_ranks, step=step, repeats=repeats, min_run_time=min_run_time,
+                          threads=int(sw["threads"].iloc[0]), seed=seed)
+        meta["threads"] = int(sw["threads"].iloc[0])  # what the sweep ran with, not the session's default
         write_results(sw, name, meta, data_dir)
     data = explorer_data(model, example, p, sw, pass_=pass_, progress=progress)
     data.attrs["meta"] = meta

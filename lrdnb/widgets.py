@@ -238,7 +238,7 @@ def model_explorer(data: pd.DataFrame, budget: float = 0.8, lam: float | None = 
         bud = f"{_fmt_s(res['budget_s'])} ({'met' if res['within_budget'] else 'NOT met'})" if res["budget_s"] else "-"
         totals.value = _kv_table([
             ("time", f"{_fmt_s(res['time_s'])} vs original {_fmt_s(res['time_original'])} "
-                     f"({res['speedup']:.2f}x; {res['time_s'] / res['time_original']:.0%})"),
+                     f"({res['speedup']:.2f}x; {res['time_s'] / res['time_original']:.0%}; sum over the planned layers)"),
             ("budget", bud), ("params", f"{res['params']:,} of {res['params_before']:,} ({res['compression']:.2f}x)"),
             ("error", f"{res['error']:.3f} (sum of per-layer relative errors; "
                       f"sum of squares {res['objective']:.4f}, lambda {res['lam']:.3g})"),
