@@ -43,6 +43,10 @@ _VALUE = ("method", "rank", "r2") + _FLOAT[:1] + ("iqr_s", "min_s", "max_s", "n"
 _DEFAULTS = {"r2": 0, "number": 1, "times_s": "", "ratios": ""}
 
 
+def _ident(rec: Mapping[str, Any]) -> tuple:
+    return tuple(str(rec[k]) for k in KEY_COLUMNS)
+
+
 def timing_key(
     device_name: str,
     dtype: torch.dtype | str,
@@ -82,7 +86,7 @@ class TimingCache:
 
     def __init__(self, folder: str | Path | None = None) -> None:
         self.folder = Path(folder or os.environ.get("LRDNB_CACHE") or DEFAULT_FOLDER)
-        self._mem: dict[Path, tuple[float, pd.DataFrame]] = {}
+        self._mem: dict[Path, tuple[float, pd.DataFrame, dict[tuple, list[dict]]]] = {}
 
     def __repr__(self) -> str:
         return f"TimingCache({str(self.folder)!r})"
@@ -101,6 +105,7 @@ class TimingCache:
         hit = self._mem.get(path)
         if hit and hit[0] == mtime:
             return hit[1]
+        self._mem.pop(path, None)
         try:
             df = pd.read_csv(path, dtype=str, keep_default_na=False)
             missing = set(_ROW_ID) - set(df.columns)
@@ -130,18 +135,18 @@ class TimingCache:
                           f"{seen[:3]} (this is {key['device_name']!r}, torch {key['torch']}); "
                           "timings are only valid on the device that measured them", stacklevel=3)
             df = df[~foreign].reset_index(drop=True)
-        self._mem[path] = (mtime, df)
+        index: dict[tuple, list[dict]] = {}
+        for rec in df.to_dict("records"):
+            index.setdefault(_ident(rec), []).append(rec)
+        self._mem[path] = (mtime, df, index)
         return df
 
     def lookup(self, key: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Rows stored under ``key`` (empty if none)."""
-        df = self._read(self.path(key), key)
-        if df.empty:
-            return []
-        m = pd.Series(True, index=df.index)
-        for k in KEY_COLUMNS:
-            m &= df[k] == key[k] if k in ("channels_last", "threads") else df[k].astype(str) == str(key[k])
-        return df[m].to_dict("records")
+        path = self.path(key)
+        self._read(path, key)
+        hit = self._mem.get(path)
+        return [dict(r) for r in hit[2].get(_ident(key), [])] if hit else []
 
     def add(self, rows: Iterable[Mapping[str, Any]], keys: Mapping[str, Mapping[str, Any]]) -> None:
         """Store sweep ``rows`` (each with a ``pass``) under ``keys[row['pass']]``; a row with the

@@ -432,10 +432,10 @@ def optimize_ranks(
     verify_top: int = 3,
     verify_rounds: int = 5,
     tie_tol: float = 0.03,
-    repeats: int = 3,
+    repeats: int = 2,
     orders: Sequence[str] = ("desc", "asc", "shuffle"),
     min_run_time: float = 0.004,
-    reference_every: int = 8,
+    reference_every: int = 16,
     alpha: float | str | None = "plan",
     threads: int | None = None,
     dtype: torch.dtype | None = None,
@@ -553,6 +553,7 @@ def optimize_ranks(
 
 
 def _set(plan: Plan, spec: LayerSpec, choice: int | None, why: str, t_new: float, T: float) -> None:
+    why = f"{spec.reason}; {why}" if spec.reason else why
     if choice is None:
         out = spec.with_ranks([], "keep", why)
     else:

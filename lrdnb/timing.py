@@ -14,6 +14,12 @@ minutes, so
   shuffled) so neighbouring ranks are measured close in time, and times the original layer as a
   fixed reference every few ranks; it records raw and reference-normalised times.
 
+Threads: on an oversubscribed CPU (more busy threads than cores), multi-threaded OpenMP kernels
+spin-wait on each other and single calls vary 10x (measured here: a Tucker2 layer's train call
+took 40-600 ms with 2 threads under load, 23-50 ms with 1). Sweeps take ``threads``; use 1 on
+a shared machine, and compare only timings taken with the same thread count (it is recorded and
+part of the cache key).
+
 Sweep results are the input of Algorithm 1 (Hajimolahoseini et al. 2023) and of joint rank
 selection (:mod:`lrdnb.rankopt`); they are cached on disk by :mod:`lrdnb.cache`.
 """
@@ -110,15 +116,17 @@ def make_runner(
     if not params and not input_requires_grad:
         raise ValueError(f"pass {pass_!r} needs something to differentiate: every parameter is frozen "
                          "and input_requires_grad=False; use pass_='forward'")
-    with torch.no_grad():
-        g = torch.randn_like(module(x))
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum) if pass_ == "step" and params else None
+    grad_out: list[torch.Tensor] = []  # made on the first call: no extra forward just for its shape
 
     def run_train() -> None:
         for p in params:
             p.grad = None
         x.grad = None
-        module(x).backward(g)
+        y = module(x)
+        if not grad_out:
+            grad_out.append(torch.randn(y.shape, generator=gen, dtype=y.dtype).to(y.device))
+        y.backward(grad_out[0])
         if opt is not None:
             opt.step()
 
@@ -224,7 +232,7 @@ def interleaved(
         order = names[k % len(names):] + names[: k % len(names)]
         for pos, name in enumerate(order):
             r = time_callable(variants[name], device, min_run_time=min_run_time, threads=threads, mode=mode,
-                              number=number)
+                              number=number, warmup=1 if k == 0 else 0)
             rows.append({"round": k, "position": pos, "variant": name, **r})
             bar.update()
     bar.close()
@@ -429,8 +437,9 @@ def _measure(spec, method, ranks, passes, dev, threads, dtype, channels_last, be
         runners: dict[tuple[int, str], Callable] = {
             (0, p): make_runner(ref_mod, spec.input_shape, p, dev, dtype, channels_last) for p in passes
         }
+        mods = {0: ref_mod}
         for r in ranks:
-            mod = _module(spec, method, r, beta, frozen)
+            mods[r] = mod = _module(spec, method, r, beta, frozen)
             for p in passes:
                 runners[(r, p)] = make_runner(mod, spec.input_shape, p, dev, dtype, channels_last)
         # calls per measurement, once per pass type, from the largest (slowest) variant
@@ -443,11 +452,18 @@ def _measure(spec, method, ranks, passes, dev, threads, dtype, channels_last, be
         bar = tqdm(total=repeats * (len(ranks) + 1) * len(passes), desc=f"sweep {spec.name or spec.signature[:30]}",
                    unit="timing", disable=not progress, leave=False)
 
+        seen: set[tuple[int, str]] = set()
+
         def measure(k: int, r: int) -> None:
             for p in passes:
-                t = time_callable(runners[(r, p)], dev, mode="fixed", number=number[p], threads=threads)
+                # warm-up only on a variant's first visit (kernel creation); later visits are warm
+                t = time_callable(runners[(r, p)], dev, mode="fixed", number=number[p], threads=threads,
+                                  warmup=0 if (r, p) in seen else 1)
+                seen.add((r, p))
                 seq.append((k, r, p, t["median_s"]))
                 bar.update()
+            for prm in mods[r].parameters():  # free gradients between visits (memory of big sweeps)
+                prm.grad = None
 
         for k in range(repeats):
             measure(k, 0)
@@ -455,7 +471,8 @@ def _measure(spec, method, ranks, passes, dev, threads, dtype, channels_last, be
                 measure(k, r)
                 if reference_every and (i + 1) % reference_every == 0 and i + 1 < len(ranks):
                     for p in passes:  # reference ticks: not counted in the bar's total
-                        t = time_callable(runners[(0, p)], dev, mode="fixed", number=number[p], threads=threads)
+                        t = time_callable(runners[(0, p)], dev, mode="fixed", number=number[p], threads=threads,
+                                          warmup=0)
                         seq.append((k, 0, p, t["median_s"]))
             measure(k, 0)  # close the pass with a reference, so every rank is bracketed
         bar.close()
