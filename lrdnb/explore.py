@@ -77,12 +77,10 @@ def _pair(spec: LayerSpec, r1: int, beta: float) -> list[int]:
     return [int(r1), min(spec.out_channels, max(1, int(beta * r1)))]
 
 
-def _rank_min(spec: LayerSpec, alpha: float, beta: float) -> int:
-    """``R_min`` of Algorithm 1: the rank at compression ``alpha + 1`` (eq. 6 / SVD analogue)."""
-    c, s = spec.in_channels, spec.out_channels
-    if spec.method == "tucker2":
-        return R.tucker2_rank_min(c, s, spec.kernel, alpha, beta)[0]
-    return R.svd_rank(c * spec.kernel[0] * spec.kernel[1], s, alpha + 1.0)
+def _rank_min(spec: LayerSpec, alpha: float | None, beta: float) -> int:
+    """``R_min`` of Algorithm 1 (eq. 6), exactly as :func:`lrdnb.rankopt.rank_range` (and so the
+    default sweep) computes it: the rank at the layer's compression + 1."""
+    return int(_rankopt().rank_range(spec, alpha=alpha, beta=beta)[-1])
 
 
 def _sweep_rows(sweeps: pd.DataFrame | None, spec: LayerSpec, pass_: str, time_col: str) -> tuple[dict[int, float], float | None]:
@@ -105,7 +103,7 @@ def _sweep_rows(sweeps: pd.DataFrame | None, spec: LayerSpec, pass_: str, time_c
 
 
 def _layer_rows(spec: LayerSpec, weight: torch.Tensor, sweeps: pd.DataFrame | None, pass_: str,
-                time_col: str, alpha: float, beta: float, batch: int) -> pd.DataFrame:
+                time_col: str, alpha: float | None, beta: float | None, batch: int) -> pd.DataFrame:
     from .decompose import svd_error_curve, tucker2_error_curve
 
     if spec.method == "tucker2":
@@ -114,6 +112,8 @@ def _layer_rows(spec: LayerSpec, weight: torch.Tensor, sweeps: pd.DataFrame | No
     else:
         curve = svd_error_curve(weight).numpy()
         err = lambda rk: float(curve[rk[0]])  # noqa: E731
+    if beta is None:  # as lrdnb.timing.sweep: the plan's own r2 / r1
+        beta = spec.ranks[1] / spec.ranks[0] if spec.method == "tucker2" else 1.0
     times, t_orig = _sweep_rows(sweeps, spec, pass_, time_col)
     if sweeps is not None and (not times or t_orig is None):
         raise ValueError(f"the sweep has no {pass_!r} times for layer {spec.name!r} ({spec.signature}, {spec.method}); "
@@ -138,7 +138,8 @@ def _layer_rows(spec: LayerSpec, weight: torch.Tensor, sweeps: pd.DataFrame | No
     df["flops_before"] = spec.flops_before
     df["time_original"] = t_orig if times else spec.flops_before * batch / _FLOP_RATE
     df["plan_rank"], df["rank_min"] = plan_rank, _rank_min(spec, alpha, beta)
-    df["alpha"], df["beta"], df["count"] = alpha, beta, 1
+    df["alpha"] = alpha or spec.params_before / max(spec.params_after, 1)  # the plan's achieved compression
+    df["beta"], df["count"] = beta, 1
     df["time_source"] = "sweep" if times else "flops"
     df["pass"] = pass_
     return df
@@ -174,15 +175,16 @@ def explorer_data(
             (``flops * batch / 1e12``, ``time_source == "flops"``), labelled as such.
         pass_: which sweep pass to read (``forward``, ``train``, ``step``).
         time_col: ``"norm_s"`` (slow episodes divided out) or ``"median_s"`` (raw).
-        alpha, beta: compression ratio for ``R_min`` and ``r2 / r1``; default: the plan's meta.
+        alpha: compression ratio whose eq.-6 rank (``alpha + 1``) is ``R_min``; default: each
+            layer's achieved compression (as :func:`lrdnb.rankopt.rank_range`).
+        beta: ``r2 / r1`` of Tucker2 layers; default: each layer's planned ``r2 / r1`` (as
+            :func:`lrdnb.timing.sweep`).
 
     Returns:
         DataFrame with :data:`EXPLORE_COLUMNS`.
     """
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be an lrdnb Plan, got {type(plan).__name__}")
-    alpha = float(alpha or plan.meta.get("ratio") or 2.0)
-    beta = float(beta or plan.meta.get("beta") or 1.0)
     batch = int(example.shape[0]) if isinstance(example, torch.Tensor) else 1
     specs = plan.decomposed
     if not specs:
