@@ -72,7 +72,7 @@ def plot_decomposition_time(ours: pd.DataFrame, paper: pd.DataFrame | None = Non
         pp = paper.set_index("model").reindex(models)
         series += [(f"paper {c.removesuffix('_s')}", pp[c].to_numpy(float), "//")
                    for c in ("lrd_s", "rank_opt_s", "freezing_s") if c in pp]
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(series) * len(models) / 2, 3.5))
+    fig, ax = plt.subplots(figsize=(min(11.0, 2.0 + 0.3 * len(series) * len(models)), 3.5))
     x = np.arange(len(models))
     w = 0.8 / len(series)
     for k, (name, vals, hatch) in enumerate(series):

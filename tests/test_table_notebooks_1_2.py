@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lrdnb.experiments.variants import METHODS
@@ -68,8 +69,13 @@ def test_table2_notebook_smoke(tmp_path):
     data, figs = _run(T2, tmp_path)
     df, meta = read_results("table2_decomposition_time_smoke", data)
     assert df["model"].tolist() == profile_params(T2, "smoke")["models"]
-    for c in ("lrd_hosvd_s", "rank_opt_cold_s", "rank_opt_warm_s", "freezing_s"):
+    for c in ("lrd_hosvd_s", "rank_opt_cold_s", "rank_opt_warm_s", "freezing_s", "optimize_cold_s"):
         assert (df[c] > 0).all(), c
+    assert np.allclose(df["freezing_s"], df["lrd_hosvd_s"] + df["freeze_s"])
+    assert (df["freeze_s"] < df["lrd_hosvd_s"]).all()
+    assert (df["rank_opt_cold_s"] >= df["optimize_cold_s"]).all()
+    assert (df["rank_opt_changed"] + df["rank_opt_kept"] <= df["layers"]).all()
+    assert meta["params"]["weights"] == ["hosvd"] and meta["device"] == "cpu"
     # a warm cache skips the sweeps: the optimization itself becomes much cheaper
     assert (df["optimize_warm_s"] < df["optimize_cold_s"]).all()
     assert (df["signatures"] <= df["layers"]).all()

@@ -80,7 +80,8 @@ def pass_summary(raw: pd.DataFrame, batch: int, reference: str = "original", pas
         One row per variant: ``variant``, ``<pass_>_img_s``, ``<pass_>_delta_pct`` (median over
         rounds of the per-round paired speed-up ``t_reference / t``, minus 1, in %),
         ``<pass_>_delta_min`` / ``_max``, and where ``lrd`` was timed ``<pass_>_vs_lrd_pct``
-        (+ ``_min`` / ``_max``) likewise against ``lrd``; ``<pass_>_rounds``.
+        (+ ``_min`` / ``_max``) likewise against ``lrd`` and ``<pass_>_vs_lrd_wins`` (rounds in
+        which the variant was faster than ``lrd``); ``<pass_>_rounds``.
     """
     q = paired_ratios(raw, reference).set_index("variant")
     out = pd.DataFrame({f"{pass_}_img_s": batch / q["median_s"], f"{pass_}_delta_pct": 100 * (q["speedup"] - 1),
@@ -90,6 +91,8 @@ def pass_summary(raw: pd.DataFrame, batch: int, reference: str = "original", pas
         v = paired_ratios(raw, "lrd").set_index("variant")
         for col, src in (("pct", "speedup"), ("min", "speedup_min"), ("max", "speedup_max")):
             out[f"{pass_}_vs_lrd_{col}"] = 100 * (v[src] - 1)
+        wide = raw.pivot_table(index="round", columns="variant", values="median_s")
+        out[f"{pass_}_vs_lrd_wins"] = (wide.lt(wide["lrd"], axis=0)).sum()
     out[f"{pass_}_rounds"] = q["rounds"]
     return out.rename_axis("variant").reset_index()
 
@@ -233,8 +236,9 @@ def throughput_table(
         raw_rows += raw
         del variants
     df = pd.DataFrame(rows)
-    for p in passes:
-        df[f"{p}_rounds"] = df[f"{p}_rounds"].astype(int)
+    for c in df.columns:
+        if c.endswith(("_rounds", "_wins")):
+            df[c] = df[c].astype(int)
     meta = provenance(dev, models=list(models), ratio=ratio, batch=batch, image_size=image_size,
                       methods=list(methods), rounds=rounds, passes=list(passes), threads=threads,
                       quantize=quantize, optimize_kwargs={k: str(v) for k, v in opt_kwargs.items()},
