@@ -26,7 +26,7 @@ from . import ranks as R
 from .plan import LayerSpec, Plan
 from .timing import per_repeat, sweep, verify_steps
 
-__all__ = ["VARIANTS", "SMOOTHERS", "rank_range", "step_table", "algorithm1", "curve_steps", "joint_select", "optimize_ranks"]
+__all__ = ["VARIANTS", "SMOOTHERS", "rank_range", "step_table", "top_candidates", "algorithm1", "curve_steps", "joint_select", "optimize_ranks"]
 
 VARIANTS = ("paper", "relative")
 SMOOTHERS = (None, "median3", "median5", "consistent")
@@ -124,13 +124,15 @@ def step_table(
     if smooth in ("median3", "median5"):
         sm = _running_median(curve, int(smooth[-1]))
         drop = sm[1:] - sm[:-1]
+    elif smooth == "consistent":
+        if t.shape[0] < 2:
+            raise ValueError("smooth='consistent' needs per-repeat times: [repeats, len(ranks)], repeats >= 2")
+        drop = step.min(axis=0)  # the step as seen by its least convinced repeat
     else:
         drop = np.median(step, axis=0)
     valid = np.ones(len(drop), dtype=bool)
     if smooth == "consistent":
-        if t.shape[0] < 2:
-            raise ValueError("smooth='consistent' needs per-repeat times: [repeats, len(ranks)], repeats >= 2")
-        valid &= (step > 0).all(axis=0)
+        valid &= drop > 0
     rel = drop / curve[1:]
     if min_drop > 0:
         valid &= rel >= min_drop
@@ -138,6 +140,33 @@ def step_table(
         valid &= r[:-1] % int(multiple) == 0
     return pd.DataFrame({"candidate": r[:-1], "above": r[1:], "t_s": curve[:-1], "drop_s": drop, "drop_rel": rel,
                          "score": rel if variant == "relative" else drop, "valid": valid})
+
+
+def top_candidates(
+    ranks: Sequence[int],
+    times: Sequence[float] | np.ndarray,
+    k: int = 3,
+    variant: str = "paper",
+    multiple: int | None = None,
+    smooth: str | None = None,
+    min_drop: float = 0.0,
+) -> list[int]:
+    """The ``k`` best candidate steps of a curve, to re-time with :func:`lrdnb.timing.verify_steps`.
+
+    Ranked on the (smoothed) :func:`step_table`; a running median can shift a step by one rank
+    on a noisy curve, so each pick is snapped to the largest unsmoothed step among itself and its
+    two neighbours (keeping ``multiple``)."""
+    st = step_table(ranks, times, variant, multiple, smooth, min_drop)
+    raw = step_table(ranks, times, variant, multiple, None if smooth != "consistent" else smooth).set_index("candidate")
+    out: list[int] = []
+    for c in st[st["valid"]].nlargest(len(st), "score")["candidate"]:
+        near = [n for n in (c - 1, c, c + 1) if n in raw.index and raw.loc[n, "valid"]] or [c]
+        best = int(max(near, key=lambda n: raw.loc[n, "score"]) if len(near) > 1 else near[0])
+        if best not in out:
+            out.append(best)
+        if len(out) >= k:
+            break
+    return out
 
 
 def algorithm1(
@@ -150,6 +179,7 @@ def algorithm1(
     min_drop: float = 0.0,
     verified: pd.DataFrame | None = None,
     tie_tol: float = 0.0,
+    confirm: float = 0.8,
 ) -> tuple[int | None, str]:
     """Algorithm 1 (Hajimolahoseini et al. 2023): the rank just past the biggest step-time drop.
 
@@ -164,7 +194,7 @@ def algorithm1(
 
     For noisy devices (beyond the paper): ``smooth``, ``min_drop``, and ``verified`` - paired
     re-measurements of the best candidates (:func:`lrdnb.timing.verify_steps`): then only
-    candidates whose every round confirmed the drop compete, scored by their paired drop, and if
+    candidates whose rounds confirmed the drop (``confirm``) compete, scored by their paired drop, and if
     none is confirmed the top rank ``R`` is kept (no step is worth extra compression). ``tie_tol``
     treats drops within ``tie_tol`` (relative units) of the best as equal and takes the highest of
     those ranks (least accuracy lost), which makes the choice stable when a device has several
@@ -180,11 +210,15 @@ def algorithm1(
             fraction of the time above it).
         multiple: only ranks that are multiples of this are candidates (rank quantization).
         smooth: ``None``; ``"median3"`` / ``"median5"``: running median of the curve over ranks
-            before differencing (removes isolated spikes, keeps steps); ``"consistent"``: a
-            candidate's drop must be positive in every repeat (needs 2-D ``times``).
+            before differencing (removes isolated spikes, keeps steps); ``"consistent"``: each
+            step is scored by its smallest drop over the repeats (each repeat differenced on its
+            own, neighbours measured close in time) and must be positive in every repeat - a
+            candidate must beat its neighbour in every pass (needs 2-D ``times``).
         min_drop: candidates must save at least this fraction of ``t``; if none does, the top
             rank ``R`` is returned ("no step above the noise").
         verified: :func:`lrdnb.timing.verify_steps`'s table for some candidates.
+        confirm: a verified step counts if at least this fraction of its rounds saw it (and its
+            median ratio is below 1); 0.8 = 4 of 5 rounds, so one disturbed round is tolerated.
         tie_tol: drops within this (relative) of the best count as ties -> highest rank.
 
     Returns:
@@ -203,7 +237,8 @@ def algorithm1(
                                  else "", f"ties {tie_tol:g}" if tie_tol else "") if x)
     tag = f"Algorithm 1 ({variant}{', ' + opts if opts else ''})"
     if verified is not None:
-        v = verified[verified["ratio_max"] < 1.0]
+        faster = verified["faster"] if "faster" in verified else (verified["ratio_max"] < 1.0).astype(float)
+        v = verified[(faster >= confirm) & (verified["ratio"] < 1.0)]
         if multiple:
             v = v[v["candidate"] % int(multiple) == 0]
         cand = v.rename(columns={"drop_rel": "score"})
@@ -427,7 +462,7 @@ def optimize_ranks(
     cache: Any = "default",
     variant: str = "paper",
     multiple: int | None = None,
-    smooth: str | None = "median3",
+    smooth: str | None = "consistent",
     min_drop: float = 0.0,
     verify_top: int = 3,
     verify_rounds: int = 5,
@@ -520,16 +555,16 @@ def optimize_ranks(
         n_verified = 0
         for key, members in groups.items():
             r, t2, tm, T = _curve(curves[key], pass_)
+            sm = "median3" if smooth == "consistent" and t2.shape[0] < 2 else smooth  # one repeat: no pairs
             if len(r) >= 2:
                 vt = None
                 if verify_top:
-                    st = step_table(r, t2, variant, multiple, smooth, min_drop)
-                    top = st[st["valid"]].nlargest(verify_top, "score")["candidate"].tolist()
+                    top = top_candidates(r, t2, verify_top, variant, multiple, sm, min_drop)
                     vt = verify_steps(members[0], top, pass_, rounds=verify_rounds, device=dev, threads=threads,
                                       dtype=dtype, channels_last=channels_last, method=key[1],
                                       min_run_time=min_run_time, cache=cache)
                     n_verified += int((~vt["cached"].astype(bool)).sum())
-                choice, why = algorithm1(r, t2, T, variant=variant, multiple=multiple, smooth=smooth,
+                choice, why = algorithm1(r, t2, T, variant=variant, multiple=multiple, smooth=sm,
                                          min_drop=min_drop, verified=vt, tie_tol=tie_tol)
             else:
                 choice = int(r[0]) if tm[0] < T else None

@@ -548,7 +548,8 @@ def verify_steps(
 
     Returns:
         One row per candidate: ``candidate``, ``above`` (= c + 1), ``ratio`` (median over rounds),
-        ``ratio_min``, ``ratio_max``, ``drop_rel`` (``1 - ratio``), ``rounds``, ``cached``.
+        ``ratio_min``, ``ratio_max``, ``drop_rel`` (``1 - ratio``), ``rounds``, ``faster`` (fraction
+        of rounds with ``ratio < 1``), ``cached``.
         Cached (like sweeps) under the sweep key with method ``"<method>-step"``.
     """
     from .cache import as_cache, timing_key
@@ -592,7 +593,15 @@ def verify_steps(
     out = [dict(r, cached=False) for r in rows] + [dict(have[c], cached=True) for c in cands if c in have]
     res = pd.DataFrame([{"candidate": int(r["rank"]), "above": int(r["rank"]) + 1, "ratio": float(r["median_s"]),
                          "ratio_min": float(r["min_s"]), "ratio_max": float(r["max_s"]),
-                         "drop_rel": 1.0 - float(r["median_s"]), "rounds": int(r["n"]), "cached": r["cached"]}
+                         "drop_rel": 1.0 - float(r["median_s"]), "rounds": int(r["n"]),
+                         "faster": _frac_below_one(r.get("times_s"), float(r["max_s"])), "cached": r["cached"]}
                         for r in out], columns=["candidate", "above", "ratio", "ratio_min", "ratio_max", "drop_rel",
-                                                "rounds", "cached"])
+                                                "rounds", "faster", "cached"])
     return res.sort_values("candidate", ascending=False).reset_index(drop=True)
+
+
+def _frac_below_one(per_round: Any, ratio_max: float) -> float:
+    vals = [float(x) for x in str(per_round or "").split(";") if x and x != "nan"]
+    if not vals:
+        return float(ratio_max < 1.0)
+    return float(np.mean(np.asarray(vals) < 1.0))

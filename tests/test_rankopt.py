@@ -9,7 +9,7 @@ import lrdnb
 from lrdnb.cache import TimingCache
 from lrdnb.decompose import svd_error_curve, tucker2_error_curve
 from lrdnb.plan import LayerSpec
-from lrdnb.rankopt import algorithm1, curve_steps, joint_select, optimize_ranks, rank_range
+from lrdnb.rankopt import algorithm1, curve_steps, joint_select, optimize_ranks, rank_range, top_candidates
 
 FAST = dict(device="cpu", min_run_time=1e-4, progress=False, threads=1, repeats=1, reference_every=0)
 
@@ -275,3 +275,23 @@ def test_algorithm1_verified_and_ties():
     none = v.assign(ratio_max=1.1)
     r, why = algorithm1(ranks, t, 10.0, verified=none)
     assert r == max(ranks) and "no step confirmed" in why
+
+
+def test_top_candidates_snap_to_raw_step():
+    ranks = list(range(240, 310))
+    rng = np.random.default_rng(1)
+    t = staircase(ranks, step=0.3) + rng.normal(0, 0.01, len(ranks))
+    top = top_candidates(ranks, t, k=3, smooth="median3")
+    assert len(top) == 3 and all(c % 16 == 0 for c in top)
+    assert top_candidates(ranks, t, k=2, multiple=16) == sorted(top_candidates(ranks, t, k=2, multiple=16),
+                                                               key=lambda c: -t[ranks.index(c + 1)] + t[ranks.index(c)])
+
+
+def test_algorithm1_confirm_tolerates_one_disturbed_round():
+    ranks = list(range(280, 300))
+    t = staircase(ranks)
+    v = pd.DataFrame({"candidate": [288], "above": [289], "ratio": [0.89], "ratio_min": [0.88],
+                      "ratio_max": [1.002], "drop_rel": [0.11], "faster": [0.8]})
+    assert algorithm1(ranks, t, 10.0, verified=v)[0] == 288  # 4 of 5 rounds saw the step
+    assert algorithm1(ranks, t, 10.0, verified=v, confirm=1.0)[0] == max(ranks)
+    assert algorithm1(ranks, t, 10.0, verified=v.assign(faster=0.6))[0] == max(ranks)

@@ -216,12 +216,13 @@ def test_verify_steps_table_and_cache(tmp_path, monkeypatch):
     v = timing.verify_steps(tiny_conv(), [4, 6], "train", rounds=3, device="cpu", threads=1, min_run_time=1e-4,
                             cache=cache)
     assert list(v["candidate"]) == [6, 4] and list(v["above"]) == [7, 5]
-    assert (v["rounds"] == 3).all() and not v["cached"].any()
+    assert (v["rounds"] == 3).all() and not v["cached"].any() and v["faster"].between(0, 1).all()
     assert (v["ratio_min"] <= v["ratio"]).all() and (v["ratio"] <= v["ratio_max"]).all()
     assert np.allclose(v["drop_rel"], 1 - v["ratio"])
     monkeypatch.setattr(timing, "interleaved", lambda *a, **k: pytest.fail("re-timed a cached step"))
     again = timing.verify_steps(tiny_conv(), [4, 6], "train", rounds=3, device="cpu", threads=1, cache=cache)
     assert again["cached"].all() and np.allclose(again["ratio"], v["ratio"])
+    assert np.allclose(again.set_index("candidate")["faster"], v.set_index("candidate")["faster"])
     # verification rows never leak into sweeps of the same signature
     s = sweep(tiny_conv(), ranks=[4], passes=("train",), repeats=1, cache=cache, **FAST)
     assert set(s["method"]) == {"tucker2", "keep"}

@@ -16,7 +16,7 @@ import torch
 
 from ..plan import LayerSpec
 from ..provenance import provenance, resolve_device
-from ..rankopt import _curve, algorithm1, curve_steps, rank_range, step_table
+from ..rankopt import _curve, algorithm1, curve_steps, rank_range, top_candidates
 from ..timing import sweep, verify_steps
 
 __all__ = ["PAPER_FIG2", "fig2_spec", "step_time_vs_rank"]
@@ -56,7 +56,7 @@ def step_time_vs_rank(
     min_run_time: float = 0.01,
     reference_every: int = 4,
     variant: str = "paper",
-    smooth: str | None = "median3",
+    smooth: str | None = "consistent",
     multiple: int | None = None,
     verify_top: int = 3,
     verify_rounds: int = 5,
@@ -117,6 +117,8 @@ def step_time_vs_rank(
               .drop(columns="keep_last").reset_index(drop=True))
 
     rows, stacks, Ts, checks = [], [], [], []
+    if smooth == "consistent" and repeats < 2:
+        smooth = "median3"  # one repeat per sweep: no per-repeat pairs to check
     opts = dict(variant=variant, smooth=smooth, multiple=multiple, tie_tol=tie_tol)
     for k, df in curves.groupby("sweep"):
         r, t2, tm, T = _curve(df, choice_pass)
@@ -124,8 +126,7 @@ def step_time_vs_rank(
         Ts.append(T)
         vt = None
         if verify_top:
-            st = step_table(r, t2, variant, multiple, smooth)
-            top = st[st["valid"]].nlargest(verify_top, "score")["candidate"].tolist()
+            top = top_candidates(r, t2, verify_top, variant, multiple, smooth)
             vt = verify_steps(spec, top, choice_pass, rounds=verify_rounds, device=dev, threads=threads,
                               dtype=tdtype, channels_last=channels_last, method=method, beta=beta,
                               min_run_time=min_run_time, progress=progress)
@@ -136,11 +137,13 @@ def step_time_vs_rank(
     if checks:
         allv = pd.concat(checks, ignore_index=True)
         vt = allv.groupby("candidate", as_index=False).agg(above=("above", "first"), ratio=("ratio", "median"),
-                                                           ratio_min=("ratio_min", "min"), ratio_max=("ratio_max", "max"))
+                                                           ratio_min=("ratio_min", "min"), ratio_max=("ratio_max", "max"),
+                                                           faster=("faster", "mean"))
         vt["drop_rel"] = 1 - vt["ratio"]
     rows.append(_choice("pooled", r, pooled, np.median(pooled, axis=0), float(np.median(Ts)), vt, opts))
     choices = pd.DataFrame(rows)
     meta = provenance(dev, **{k: v for k, v in params.items() if k != "device"}, requested_device=device)
+    meta["threads"] = int(curves["threads"].iloc[0])  # what the sweeps ran with
     meta["results"] = _summary(curves, choices, choice_pass, ranks)
     meta["results"]["verified"] = pd.concat(checks).to_dict("records") if checks else []
     curves.attrs["meta"] = meta
@@ -171,6 +174,7 @@ def _summary(curves: pd.DataFrame, choices: pd.DataFrame, pass_: str, ranks: lis
         b = curves[(curves["sweep"] == 1) & (curves["pass"] == pass_) & (curves["method"] != "keep")]
         m = a.merge(b, on="rank", suffixes=("_a", "_b")).sort_values("rank")
         ta, tb = m["norm_s_a"].to_numpy(), m["norm_s_b"].to_numpy()
+        ta, tb = ta / np.median(ta), tb / np.median(tb)  # shapes: a sweep-wide slowdown is not noise here
         out["run_to_run_rel"] = float(np.median(np.abs(ta - tb) / ((ta + tb) / 2)))
         da, db = (ta[1:] - ta[:-1]) / ta[1:], (tb[1:] - tb[:-1]) / tb[1:]
         out["step_run_to_run_rel"] = float(np.median(np.abs(da - db)))  # noise of one step estimate
