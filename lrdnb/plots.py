@@ -176,11 +176,14 @@ def plot_step_time_curve(
         if len(keep):
             top.axhline(float(keep[column].iloc[0]) * 1e3, ls="--", lw=1, color=line.get_color(),
                         label=f"original layer T{'' if name is None else f' ({name})'}")
-    for h in highlight:
-        if lo is not None and lo <= h <= hi:
-            for ax in (top, bot):
-                ax.axvline(h, color="gray", lw=0.8, ls=":")
-            top.annotate(str(h), (h, 1.0), xycoords=("data", "axes fraction"), fontsize=7, ha="center", va="bottom")
+    shown = sorted(h for h in highlight if lo is not None and lo <= h <= hi)
+    for i, h in enumerate(shown):
+        for ax in (top, bot):
+            ax.axvline(h, color="gray", lw=0.8, ls=":")
+        if i + 1 < len(shown) and shown[i + 1] - h <= 2:
+            continue  # neighbours (256/257) share one label
+        lab = f"{shown[i - 1]}/{h}" if i and h - shown[i - 1] <= 2 else str(h)
+        top.annotate(lab, (h, 1.0), xycoords=("data", "axes fraction"), fontsize=7, ha="center", va="bottom")
     if chosen is not None:
         for ax in (top, bot):
             ax.axvline(chosen, color="tab:red", lw=1.5)
