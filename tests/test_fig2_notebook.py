@@ -13,17 +13,6 @@ from lrdnb.results import read_results
 NB = Path(__file__).resolve().parent.parent / "notebooks" / "fig2_step_time_vs_rank.ipynb"
 
 
-def test_parameters_cell_is_tagged_once():
-    import nbformat
-
-    nb = nbformat.read(NB, as_version=4)
-    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1
-    for p in ("smoke", "paper"):
-        for key in profile_params(NB, p):
-            assert f"\n{key}:" in "\n" + tagged[0].source, (p, key)
-
-
 def test_experiment_function_small():
     curves, choices = step_time_vs_rank(weight_shape=(16, 16, 3, 3), input_size=4, batch=2, passes=("train",),
                                         repeats=1, sweeps=2, min_run_time=1e-4, device="cpu", progress=False)

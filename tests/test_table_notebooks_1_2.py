@@ -19,21 +19,6 @@ T1 = NOTEBOOKS / "table1_throughput.ipynb"
 T2 = NOTEBOOKS / "table2_decomposition_time.ipynb"
 
 
-@pytest.mark.parametrize("nb", [T1, T2], ids=["table1", "table2"])
-def test_parameters_cell_is_tagged_once(nb):
-    import nbformat
-
-    book = nbformat.read(nb, as_version=4)
-    tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1
-    src = "\n" + tagged[0].source
-    for key in ("data_dir", "figures_dir", "tag"):
-        assert f"\n{key}:" in src, key
-    for p in ("smoke", "cpu", "paper"):
-        for key in profile_params(nb, p):
-            assert f"\n{key}:" in src, (p, key)
-
-
 def _run(nb: Path, tmp_path: Path) -> tuple[Path, Path]:
     import papermill
 

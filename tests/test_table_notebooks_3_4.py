@@ -15,21 +15,6 @@ NB_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = {"table3_resnet_accuracy": "resnet10_cpu", "table4_vit_accuracy": "vit_tiny_cpu"}
 
 
-@pytest.mark.parametrize("stem", NOTEBOOKS)
-def test_parameters_cell_is_tagged_once_and_knows_every_profile_key(stem):
-    import nbformat
-
-    nb = nbformat.read(NB_DIR / f"{stem}.ipynb", as_version=4)
-    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1
-    src = "\n" + tagged[0].source
-    for p in ("smoke", "cpu", "paper"):
-        for key in profile_params(stem, p):
-            assert f"\n{key}:" in src, (p, key)
-    for key in ("data_dir", "figures_dir", "tag"):  # what `python -m lrdnb reproduce` passes
-        assert f"\n{key}:" in src
-
-
 @pytest.mark.notebooks
 @pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(), reason="needs Debian's Fashion-MNIST")
 @pytest.mark.parametrize("stem", NOTEBOOKS)
