@@ -93,7 +93,7 @@ def tucker2_rank_min(
 
     Example:
         >>> tucker2_rank_min(512, 512, 3, alpha=2)
-        (236, 236)
+        (244, 244)
     """
     return tucker2_rank(c, s, kernel, alpha + 1.0, beta)
 
