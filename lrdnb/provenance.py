@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["resolve_device", "device_name", "provenance"]
+__all__ = ["resolve_device", "device_name", "provenance", "synchronize"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -29,6 +29,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for but CUDA is not available here; use 'cpu' or 'auto'")
     return dev
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels on a CUDA device (no-op on CPU), so wall-clock timings are honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def device_name(device: str | torch.device = "auto") -> str:

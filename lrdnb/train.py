@@ -50,17 +50,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .freezing import FreezingSchedule, frozen_summary, make_schedule, unfreeze_all
-from .provenance import resolve_device
+from .provenance import resolve_device, synchronize
 
 __all__ = ["LR_SCHEDULES", "fit", "evaluate", "load_checkpoint"]
 
 LR_SCHEDULES = ("fixed", "cosine")
 CHECKPOINT_FORMAT = "lrdnb-fit-1"
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def _autocast(dev: torch.device, amp: bool):
@@ -99,11 +94,11 @@ def _test_pass(model: nn.Module, loader: DataLoader, dev: torch.device, amp: boo
     with torch.inference_mode():
         for x, y in loader:
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            _sync(dev)
+            synchronize(dev)
             t0 = time.perf_counter()
             with _autocast(dev, amp):
                 out = model(x)
-            _sync(dev)
+            synchronize(dev)
             fwd_s += time.perf_counter() - t0
             loss_sum += float(nn.functional.cross_entropy(out.float(), y, reduction="sum"))
             correct += int((out.argmax(1) == y).sum())
@@ -282,7 +277,7 @@ def fit(
                 changed = schedule.apply(model, epoch, step=global_step)
                 if reset_momentum_on_unfreeze:
                     _forget_state(optimizer, [params[n] for n in changed["unfrozen"]])
-            _sync(dev)
+            synchronize(dev)
             t1 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)  # None, not zero: SGD then skips frozen params
             with _autocast(dev, amp):
@@ -294,7 +289,7 @@ def fit(
             else:
                 loss.backward()
                 optimizer.step()
-            _sync(dev)
+            synchronize(dev)
             t2 = time.perf_counter()
             step_times.append(t2 - t1)
             data_s += t1 - t0

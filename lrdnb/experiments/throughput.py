@@ -28,7 +28,7 @@ from ..freezing import make_schedule
 from ..models import get_model
 from ..paper import METHOD_LABELS, table1 as paper_table1, table2 as paper_table2
 from ..plan import plan as make_plan
-from ..provenance import provenance, resolve_device
+from ..provenance import provenance, resolve_device, synchronize
 from ..timing import interleaved, make_runner, paired_ratios
 from .variants import METHODS, build_variants
 
@@ -250,16 +250,11 @@ def throughput_table(
     return df, meta
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 def _timed(fn, dev: torch.device) -> tuple[Any, float]:
-    _sync(dev)
+    synchronize(dev)
     t0 = time.perf_counter()
     out = fn()
-    _sync(dev)
+    synchronize(dev)
     return out, time.perf_counter() - t0
 
 
