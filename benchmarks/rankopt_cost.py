@@ -2,23 +2,27 @@
 
 Measures, in one run on this device, for a torchvision model with random weights:
 
-1. ``plain``: ``lrdnb.plan`` + ``lrdnb.apply`` (HOSVD weights);
-2. ``cold``: ``plan`` + ``optimize_ranks(method="algorithm1")`` with an empty timing cache + ``apply``;
-3. ``warm``: the same again, cache filled;
+* ``plain``: ``lrdnb.plan`` + ``lrdnb.apply`` (HOSVD weights), timed ``--rounds + 1`` times;
+* ``cold``: ``plan`` + ``optimize_ranks(method="algorithm1")`` with an empty timing cache +
+  ``apply``, once per round (each round its own empty cache);
+* ``warm``: the same again right after, cache filled;
 
-and records distinct layer signatures, timings taken, steps verified, how many layers moved, and
-the ratios to ``plain``. Optionally (``--fig2``) two independent Fig.-2 sweeps of the paper's
-[512, 512, 3, 3] layer: largest single-rank steps vs run-to-run noise and Algorithm 1's choices.
+interleaved ``plain, cold, warm, plain, cold, warm, ..., plain`` so that the machine's slow
+episodes hit all three alike; ratios are each cold/warm run over the median plain time. Records
+distinct layer signatures, timings taken, steps verified, how many layers moved or were kept.
+``--exhaustive`` adds one cold run of the exhaustive search (every rank, the paper's procedure)
+and counts the layers on which both searches chose the same rank. ``--fig2`` runs the staircase
+search twice on the paper's [512, 512, 3, 3] layer (14 x 14, batch 8) and records both choices.
 Writes ``data/rankopt_cost.csv`` / ``.json`` with provenance (``lrdnb.results``).
 
-Run:  .venv/bin/python benchmarks/rankopt_cost.py [--model resnet50 --size 64 --batch 8] [--fig2]
-Takes ~2-5 min on a quiet 2-core CPU (plus ~4 min with --fig2). Timings on a shared machine are
-only indicative: other processes inflate both the plain and the optimized runs.
+Run:  .venv/bin/python benchmarks/rankopt_cost.py --threads 1 [--exhaustive] [--fig2]
+Takes ~1.5 min on a quiet 2-core CPU (+1 min with --exhaustive, +15 s with --fig2).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 
@@ -40,58 +44,90 @@ def load_avg() -> float:
         return float("nan")
 
 
-def run(model_name: str, size: int, batch: int, device: str, cache_dir: str, **opt) -> list[dict]:
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, model_name)()
-    x = torch.randn(batch, 3, size, size)
-    rows = []
-
+def plain_run(model, x) -> dict:
     t0, c0, la = time.perf_counter(), time.process_time(), load_avg()
     plan = lrdnb.plan(model, x)
     t_plan = time.perf_counter() - t0
     lrdnb.apply(model, plan)
-    rows.append({"run": "plain", "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
-                 "plan_s": t_plan, "optimize_s": 0.0, "load_before": la, "load_after": load_avg()})
-    for name in ("cold", "warm"):
-        t0, c0, la = time.perf_counter(), time.process_time(), load_avg()
-        p = lrdnb.plan(model, x)
-        t1 = time.perf_counter()
-        p2 = optimize_ranks(model, x, p, device=device, method="algorithm1", cache=TimingCache(cache_dir),
-                            progress=False, **opt)
-        t2 = time.perf_counter()
-        lrdnb.apply(model, p2)
-        info = p2.meta["rank_optimization"]
-        moved = sum(a.ranks != b.ranks for a, b in zip(p.decomposed, (p2[s.name] for s in p.decomposed)))
-        kept = sum(p2[s.name].method == "keep" for s in p.decomposed)
-        rows.append({"run": name, "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
-                     "plan_s": t1 - t0, "optimize_s": t2 - t1,
-                     "signatures": info["signatures"], "signatures_timed": info["signatures_timed"],
-                     "timings": info["timings"], "steps_verified": info.get("steps_verified"),
-                     "layers": len(p.decomposed), "layers_moved": moved, "layers_kept_original": kept,
-                     "load_before": la, "load_after": load_avg()})
-    # the floor of any exact per-rank sweep: one call of every swept rank (from the cache)
-    frames = [pd.read_csv(f) for f in TimingCache(cache_dir).folder.glob("timings_*.csv")]
-    if frames:
-        t = pd.concat(frames)
-        dec = t[t["method"].isin(["svd", "tucker2"])]
-        rows[1]["ranks_swept"] = int(len(dec))
-        rows[1]["one_call_per_rank_s"] = float(dec["median_s"].sum())
-    plain, plain_cpu = rows[0]["seconds"], rows[0]["cpu_s"]
+    return {"run": "plain", "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+            "plan_s": t_plan, "optimize_s": 0.0, "load_before": la, "load_after": load_avg()}
+
+
+def optimized_run(name, model, x, device, cache_dir, **opt) -> tuple[dict, lrdnb.plan.Plan]:
+    t0, c0, la = time.perf_counter(), time.process_time(), load_avg()
+    p = lrdnb.plan(model, x)
+    t1 = time.perf_counter()
+    p2 = optimize_ranks(model, x, p, device=device, method="algorithm1", cache=TimingCache(cache_dir),
+                        progress=False, **opt)
+    t2 = time.perf_counter()
+    lrdnb.apply(model, p2)
+    info = p2.meta["rank_optimization"]
+    moved = sum(a.ranks != b.ranks for a, b in zip(p.decomposed, (p2[s.name] for s in p.decomposed)))
+    kept = sum(p2[s.name].method == "keep" for s in p.decomposed)
+    return ({"run": name, "search": info["search"], "seconds": time.perf_counter() - t0,
+             "cpu_s": time.process_time() - c0, "plan_s": t1 - t0, "optimize_s": t2 - t1,
+             "signatures": info["signatures"], "signatures_timed": info["signatures_timed"],
+             "timings": info["timings"], "steps_verified": info.get("steps_verified"), "layers": len(p.decomposed),
+             "layers_moved": moved, "layers_kept_original": kept, "load_before": la, "load_after": load_avg()}, p2)
+
+
+def run(model_name: str, size: int, batch: int, device: str, rounds: int, exhaustive: bool, **opt) -> list[dict]:
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, model_name)()
+    x = torch.randn(batch, 3, size, size)
+    rows, plans = [plain_run(model, x)], []
+    for k in range(rounds):
+        with tempfile.TemporaryDirectory() as cache_dir:
+            for name in ("cold", "warm"):
+                row, p2 = optimized_run(name, model, x, device, cache_dir, **opt)
+                rows.append({**row, "round": k})
+                plans.append(p2)
+        rows.append(plain_run(model, x))
+    if exhaustive:
+        with tempfile.TemporaryDirectory() as cache_dir:
+            row, p_ex = optimized_run("cold", model, x, device, cache_dir, **{**opt, "search": "exhaustive"})
+        rows.append({**row, "round": rounds})
+        rows.append(plain_run(model, x))
+        for r in rows:
+            if r["run"] == "cold" and r.get("search") == "staircase":
+                p2 = plans[2 * r["round"]]
+                r["same_choice_as_exhaustive"] = sum((p2[s.name].method, p2[s.name].ranks) == (s.method, s.ranks)
+                                                     for s in p_ex)
+    plain = statistics.median(r["seconds"] for r in rows if r["run"] == "plain")
+    plain_cpu = statistics.median(r["cpu_s"] for r in rows if r["run"] == "plain")
     for r in rows:
         r["ratio_to_plain"] = r["seconds"] / plain
         r["cpu_ratio_to_plain"] = r["cpu_s"] / plain_cpu
     return rows
 
 
-def fig2_check(device: str) -> dict:
-    from lrdnb.experiments.fig2 import step_time_vs_rank
+def fig2_check(device: str, **opt) -> dict:
+    """Two staircase searches of the paper's Fig.-2 layer: located steps, paired checks, choices."""
+    from lrdnb.plan import LayerSpec
+    from lrdnb.rankopt import _curve, algorithm1, rank_range
+    from lrdnb.steps import staircase_sweep
 
-    curves, choices = step_time_vs_rank(device=device, sweeps=2, progress=False)
-    res = curves.attrs["meta"]["results"]
-    return {"fig2_choices": res["choices"], "fig2_stable": res["stable"], "fig2_pooled": res["pooled_choice"],
-            "fig2_run_to_run_rel": res.get("run_to_run_rel"), "fig2_step_noise_rel": res.get("step_run_to_run_rel"),
-            "fig2_top_steps": res["steps_sweep0"], "fig2_verified": res["verified"],
-            "fig2_reasons": choices["reason"].tolist()}
+    spec = LayerSpec("fig2", "conv2d", [512, 512, 3, 3], False, [8, 512, 14, 14], output_shape=[8, 512, 14, 14],
+                     padding=[1, 1], method="tucker2", ranks=[309, 309])
+    out = []
+    for seed in (0, 1):
+        t0 = time.perf_counter()
+        df = staircase_sweep(spec, ranks=rank_range(spec, alpha=2), pass_="train", grid=opt.get("grid", 16),
+                             refine=opt.get("verify_top", 2), verify_rounds=opt.get("verify_rounds", 5),
+                             confirm=opt.get("confirm", 0.8) if opt.get("sequential") else None,
+                             repeats=opt.get("repeats", 2), min_run_time=0.004, reference_every=16, device=device,
+                             seed=seed)
+        r, t2, _, T = _curve(df, "train")
+        sm = "consistent" if t2.shape[0] >= 2 else "median3"
+        choice, why = algorithm1(r, t2, T, smooth=sm, verified=df.attrs["verified"], tie_tol=0.03,
+                                 confirm=opt.get("confirm", 0.8))
+        v = df.attrs["verified"]
+        out.append({"seed": seed, "seconds": round(time.perf_counter() - t0, 2), "steps": df.attrs["steps"],
+                    "ranks_timed": sorted(int(x) for x in df[df.method != "keep"]["rank"]),
+                    "verified": {int(c): {"ratio": round(float(q), 4), "faster": float(f)}
+                                 for c, q, f in zip(v["candidate"], v["ratio"], v["faster"])},
+                    "choice": choice, "reason": why})
+    return {"sweeps": out, "stable": out[0]["choice"] == out[1]["choice"]}
 
 
 def main() -> None:
@@ -101,27 +137,37 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--verify-rounds", type=int, default=5, help="paired rounds per located step")
+    ap.add_argument("--confirm", type=float, default=0.8, help="fraction of paired rounds that must see the step")
+    ap.add_argument("--rounds", type=int, default=2, help="cold/warm pairs (each with its own empty cache)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for the whole run (default: torch's); 1 on an oversubscribed machine")
-    ap.add_argument("--fig2", action="store_true", help="also two Fig.-2 sweeps (stability of Algorithm 1)")
+    ap.add_argument("--exhaustive", action="store_true", help="also one cold run timing every rank")
+    ap.add_argument("--sequential", action="store_true",
+                    help="verify located steps one at a time, stop at the first confirmed (cheaper, less stable)")
+    ap.add_argument("--fig2", action="store_true", help="also two staircase searches of the Fig.-2 layer")
     ap.add_argument("--out", default="data")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    with tempfile.TemporaryDirectory() as cache_dir:
-        rows = run(a.model, a.size, a.batch, a.device, cache_dir, repeats=a.repeats)
+    opt = dict(repeats=a.repeats, sequential=a.sequential, verify_rounds=a.verify_rounds, confirm=a.confirm)
+    rows = run(a.model, a.size, a.batch, a.device, a.rounds, a.exhaustive, **opt)
     df = pd.DataFrame(rows)
-    meta = provenance(a.device, model=a.model, size=a.size, batch=a.batch, repeats=a.repeats, weights="random",
-                      threads=torch.get_num_threads())
+    meta = provenance(a.device, model=a.model, size=a.size, batch=a.batch, rounds=a.rounds, weights="random",
+                      threads=torch.get_num_threads(), search_default="staircase", **opt)
     meta["paper_table2_s"] = {"resnet50": {"vanilla": 30, "rank_optimization": 264}}
-    meta["caveat"] = ("shared CPU: load_before/after is the 1-min load average; other processes slow "
-                      "plain and optimized runs alike but unevenly")
+    meta["caveat"] = ("load_before/after is the 1-min load average; ratios use the median of the interleaved "
+                      "plain runs")
     if a.fig2:
-        meta["fig2"] = fig2_check(a.device)
+        meta["fig2_staircase"] = fig2_check(a.device, **opt)
     write_results(df, "rankopt_cost", meta, folder=a.out)
-    print(df.to_string(index=False))
+    cols = [c for c in ("run", "search", "round", "seconds", "optimize_s", "ratio_to_plain", "timings",
+                        "steps_verified", "layers_moved", "layers_kept_original", "same_choice_as_exhaustive",
+                        "load_before") if c in df]
+    print(df[cols].to_string(index=False))
     if a.fig2:
-        print({k: v for k, v in meta["fig2"].items() if k != "fig2_verified"})
+        for s in meta["fig2_staircase"]["sweeps"]:
+            print(s["seed"], s["seconds"], "s; steps", s["steps"], "verified", s["verified"], "->", s["choice"])
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ never used - a CPU timing is never used for CUDA. An unreadable file is moved as
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -87,6 +88,7 @@ class TimingCache:
     def __init__(self, folder: str | Path | None = None) -> None:
         self.folder = Path(folder or os.environ.get("LRDNB_CACHE") or DEFAULT_FOLDER)
         self._mem: dict[Path, tuple[float, pd.DataFrame, dict[tuple, list[dict]]]] = {}
+        self._held: set[Path] | None = None  # paths with rows not yet written (inside held())
 
     def __repr__(self) -> str:
         return f"TimingCache({str(self.folder)!r})"
@@ -99,6 +101,8 @@ class TimingCache:
         return self.folder / f"timings_{slug}_{digest}.csv"
 
     def _read(self, path: Path, key: Mapping[str, Any]) -> pd.DataFrame:
+        if self._held and path in self._held:
+            return self._mem[path][1]
         if not path.exists():
             return pd.DataFrame(columns=list(_ROW_ID))
         mtime = path.stat().st_mtime
@@ -165,10 +169,54 @@ class TimingCache:
             both = pd.concat([old, new], ignore_index=True) if not old.empty else new
             both = both.drop_duplicates(subset=list(_ROW_ID), keep="last")
             cols = list(KEY_COLUMNS) + [c for c in _VALUE if c in both.columns]
-            buf = io.StringIO()
-            both[cols].to_csv(buf, index=False)
-            atomic_write_text(path, buf.getvalue())
-            self._mem.pop(path, None)
+            both = both[cols].reset_index(drop=True)
+            if self._held is not None:
+                self._held.add(path)
+            else:
+                self._write(path, both)
+            # keep what was written in memory (no re-read of a growing file): update the index
+            hit = self._mem.get(path)
+            index = {k: list(v) for k, v in hit[2].items()} if hit else {}
+            for rec in new.to_dict("records"):
+                lst = index.setdefault(_ident(rec), [])
+                lst[:] = [r for r in lst if (str(r["method"]), int(r["rank"])) != (str(rec["method"]), int(rec["rank"]))]
+                lst.append(rec)
+            self._mem[path] = (path.stat().st_mtime if path.exists() else -1.0, both, index)
+
+    def _write(self, path: Path, df: pd.DataFrame) -> None:
+        buf = io.StringIO()
+        df.to_csv(buf, index=False)
+        atomic_write_text(path, buf.getvalue())
+
+    @contextlib.contextmanager
+    def held(self):
+        """Hold writes until the block ends: every :meth:`add` inside is visible to
+        :meth:`lookup` at once and the files are written once, at the end (also on an error or
+        interrupt, so nothing measured is lost).
+
+        Example:
+            >>> import tempfile
+            >>> c = TimingCache(tempfile.mkdtemp())
+            >>> k = timing_key("cpu:test", torch.float32, "train", "sig")
+            >>> with c.held():
+            ...     c.add([{"method": "svd", "rank": 4, "pass": "train", "median_s": 1e-3, "n": 1}], {"train": k})
+            ...     (len(c.lookup(k)), c.path(k).exists())
+            (1, False)
+            >>> c.path(k).exists()
+            True
+        """
+        if self._held is not None:  # nested: the outer block writes
+            yield self
+            return
+        self._held = set()
+        try:
+            yield self
+        finally:
+            held, self._held = self._held, None
+            for path in held:
+                df = self._mem[path][1]
+                self._write(path, df)
+                self._mem[path] = (path.stat().st_mtime, *self._mem[path][1:])
 
     def clear(self) -> None:
         """Delete this cache's CSV files."""

@@ -3,7 +3,7 @@
 An *explorer table* has one row per (layer, rank) of a plan's decomposed layers: parameters and
 FLOPs (:func:`lrdnb.plan.cost`), relative reconstruction error (eq. 3 for SVD, HOSVD for
 Tucker2; :func:`lrdnb.decompose.svd_error_curve`, :func:`lrdnb.decompose.tucker2_error_curve`)
-and step time where a :func:`lrdnb.timing.sweep` measured it. Everything the explorers show is
+and step time where a :func:`lrdnb.sweeps.sweep` measured it. Everything the explorers show is
 computed from it by plain functions, fast enough for a slider callback:
 
 * :func:`layer_summary` - one layer at one rank, plus Algorithm 1's choice
@@ -71,7 +71,7 @@ def _full_rank(spec: LayerSpec) -> int:
 
 def _pair(spec: LayerSpec, r1: int, beta: float) -> list[int]:
     """Ranks of ``spec``'s method at slider rank ``r1`` (Tucker2: ``r2 = floor(beta r1)``, as
-    :func:`lrdnb.timing.sweep` builds them)."""
+    :func:`lrdnb.sweeps.sweep` builds them)."""
     if spec.method != "tucker2":
         return [int(r1)]
     return [int(r1), min(spec.out_channels, max(1, int(beta * r1)))]
@@ -84,7 +84,7 @@ def _rank_min(spec: LayerSpec, alpha: float | None, beta: float) -> int:
 
 
 def _sweep_rows(sweeps: pd.DataFrame | None, spec: LayerSpec, pass_: str, time_col: str) -> tuple[dict[int, float], float | None]:
-    """``({rank: seconds}, original seconds)`` of one layer from a :func:`lrdnb.timing.sweep`
+    """``({rank: seconds}, original seconds)`` of one layer from a :func:`lrdnb.sweeps.sweep`
     frame (rows matched by ``signature`` (or ``layer``), ``pass`` and method; rank 0 = original)."""
     if sweeps is None or len(sweeps) == 0:
         return {}, None
@@ -112,7 +112,7 @@ def _layer_rows(spec: LayerSpec, weight: torch.Tensor, sweeps: pd.DataFrame | No
     else:
         curve = svd_error_curve(weight).numpy()
         err = lambda rk: float(curve[rk[0]])  # noqa: E731
-    if beta is None:  # as lrdnb.timing.sweep: the plan's own r2 / r1
+    if beta is None:  # as lrdnb.sweeps.sweep: the plan's own r2 / r1
         beta = spec.ranks[1] / spec.ranks[0] if spec.method == "tucker2" else 1.0
     times, t_orig = _sweep_rows(sweeps, spec, pass_, time_col)
     if sweeps is not None and (not times or t_orig is None):
@@ -170,7 +170,7 @@ def explorer_data(
         model: the (undecomposed) model ``plan`` was made for; its weights give the errors.
         example: the example batch (its batch size scales the FLOP proxy).
         plan: a :class:`~lrdnb.plan.Plan` of ``model``.
-        sweeps_df: concatenated :func:`lrdnb.timing.sweep` frames of the plan's layers (matched
+        sweeps_df: concatenated :func:`lrdnb.sweeps.sweep` frames of the plan's layers (matched
             by ``signature``); ``None``: no timings, ``time_s`` is a FLOP proxy
             (``flops * batch / 1e12``, ``time_source == "flops"``), labelled as such.
         pass_: which sweep pass to read (``forward``, ``train``, ``step``).
@@ -178,7 +178,7 @@ def explorer_data(
         alpha: compression ratio whose eq.-6 rank (``alpha + 1``) is ``R_min``; default: each
             layer's achieved compression (as :func:`lrdnb.rankopt.rank_range`).
         beta: ``r2 / r1`` of Tucker2 layers; default: each layer's planned ``r2 / r1`` (as
-            :func:`lrdnb.timing.sweep`).
+            :func:`lrdnb.sweeps.sweep`).
 
     Returns:
         DataFrame with :data:`EXPLORE_COLUMNS`.
@@ -208,7 +208,7 @@ def sweep_plan(
     progress: bool = True,
     **sweep_kwargs: Any,
 ) -> pd.DataFrame:
-    """Time every distinct layer signature of ``plan`` once with :func:`lrdnb.timing.sweep`.
+    """Time every distinct layer signature of ``plan`` once with :func:`lrdnb.sweeps.sweep`.
 
     Args:
         ranks: ``"range"``: Algorithm 1's ``[R_min, R]`` (:func:`lrdnb.rankopt.rank_range`);
@@ -290,7 +290,7 @@ def prepare_explorer_data(
         threads: intra-op threads while timing (``None``/0: torch's default). One thread is far
             less noisy on a shared, oversubscribed CPU.
         data_name: default ``sweep_<model>_<image_size>px_b<batch>_<pass_>``.
-        Others: see :func:`sweep_plan` / :func:`lrdnb.timing.sweep`.
+        Others: see :func:`sweep_plan` / :func:`lrdnb.sweeps.sweep`.
 
     Returns:
         The explorer table; ``attrs["meta"]`` holds the sweep's provenance.

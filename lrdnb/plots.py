@@ -145,7 +145,7 @@ def plot_step_time_curve(
     title: str | None = None,
 ):
     """Fig. 2 of the sequential-freezing paper: step time vs rank (top) and its first
-    difference ``delta t(r) = t(r) - t(r-1)`` (bottom), from a :func:`lrdnb.timing.sweep` frame.
+    difference ``delta t(r) = t(r) - t(r-1)`` (bottom), from a :func:`lrdnb.sweeps.sweep` frame.
 
     Args:
         df: sweep frame (rows with ``method == "keep"`` give the original layer's time ``T``,

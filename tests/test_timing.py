@@ -11,12 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from lrdnb import timing
+from lrdnb import steps, sweeps
 from lrdnb.cache import TimingCache, as_cache, timing_key
 from lrdnb.layers import Tucker2Conv2d
 from lrdnb.plan import LayerSpec
 from lrdnb.rankopt import rank_range
-from lrdnb.timing import interleaved, make_runner, paired_ratios, per_repeat, sweep, time_callable
+from lrdnb.sweeps import per_repeat, sweep
+from lrdnb.timing import interleaved, make_runner, paired_ratios, time_callable
 
 FAST = dict(device="cpu", min_run_time=1e-4, progress=False, threads=1)
 
@@ -136,13 +137,13 @@ def test_cache_hit_miss_and_partial(tmp_path, monkeypatch):
     a = sweep(tiny_conv(), ranks=[4, 5], passes=("train",), repeats=2, cache=cache, **FAST)
     assert not a["cached"].any() and len(list(tmp_path.glob("timings_*.csv"))) == 1
     measured = []
-    real = timing._measure
+    real = sweeps._measure
 
     def spy(spec, method, ranks, *args, **kw):
         measured.append(list(ranks))
         return real(spec, method, ranks, *args, **kw)
 
-    monkeypatch.setattr(timing, "_measure", spy)
+    monkeypatch.setattr(sweeps, "_measure", spy)
     b = sweep(tiny_conv(), ranks=[4, 5], passes=("train",), repeats=2, cache=cache, **FAST)
     assert measured == [] and b["cached"].all()  # hit: nothing re-timed
     pd.testing.assert_series_equal(a["median_s"], b["median_s"], check_exact=False, rtol=1e-5)
@@ -213,14 +214,14 @@ def test_sweep_reads_rows_types_from_cache(tmp_path):
 
 def test_verify_steps_table_and_cache(tmp_path, monkeypatch):
     cache = TimingCache(tmp_path)
-    v = timing.verify_steps(tiny_conv(), [4, 6], "train", rounds=3, device="cpu", threads=1, min_run_time=1e-4,
+    v = steps.verify_steps(tiny_conv(), [4, 6], "train", rounds=3, device="cpu", threads=1, min_run_time=1e-4,
                             cache=cache)
     assert list(v["candidate"]) == [6, 4] and list(v["above"]) == [7, 5]
     assert (v["rounds"] == 3).all() and not v["cached"].any() and v["faster"].between(0, 1).all()
     assert (v["ratio_min"] <= v["ratio"]).all() and (v["ratio"] <= v["ratio_max"]).all()
     assert np.allclose(v["drop_rel"], 1 - v["ratio"])
-    monkeypatch.setattr(timing, "interleaved", lambda *a, **k: pytest.fail("re-timed a cached step"))
-    again = timing.verify_steps(tiny_conv(), [4, 6], "train", rounds=3, device="cpu", threads=1, cache=cache)
+    monkeypatch.setattr(steps, "interleaved", lambda *a, **k: pytest.fail("re-timed a cached step"))
+    again = steps.verify_steps(tiny_conv(), [4, 6], "train", rounds=3, device="cpu", threads=1, cache=cache)
     assert again["cached"].all() and np.allclose(again["ratio"], v["ratio"])
     assert np.allclose(again.set_index("candidate")["faster"], v.set_index("candidate")["faster"])
     # verification rows never leak into sweeps of the same signature

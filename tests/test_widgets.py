@@ -37,7 +37,7 @@ def stair(rank: int, quantum: int = 4) -> float:
 
 
 def fake_sweep(plan: lrdnb.Plan, t_orig: float = 5e-3) -> pd.DataFrame:
-    """What lrdnb.timing.sweep returns (the columns explorer_data reads), with staircase times
+    """What lrdnb.sweeps.sweep returns (the columns explorer_data reads), with staircase times
     at every rank from 1 to the plan rank + 4 and the original layer at rank 0."""
     rows = []
     for s in plan.decomposed:
@@ -196,7 +196,7 @@ def test_sweep_mismatch_and_flops(setup, tmp_path):
 
 
 def test_real_sweep_roundtrip(setup, tmp_path):
-    """sweep_plan -> lrdnb.timing.sweep frames -> explorer table (tiny shapes, seconds)."""
+    """sweep_plan -> lrdnb.sweeps.sweep frames -> explorer table (tiny shapes, seconds)."""
     model, x, plan, _, _ = setup
     sw = E.sweep_plan(plan, ranks="range", device="cpu", repeats=1, min_run_time=0.0005, cache=None, progress=False)
     assert set(sw["signature"]) == {s.signature for s in plan.decomposed}

@@ -3,7 +3,7 @@
 The paper times a [512, 512, 3, 3] conv of ResNet-152 decomposed by Tucker2 at ranks 270..242 on
 a V100: the time is flat over most of the range but drops 15% from rank 257 to 256. Algorithm 1
 picks the rank just past the largest drop. :func:`step_time_vs_rank` measures the same curve on
-this device with :func:`lrdnb.timing.sweep` (several independent sweeps, to show how much of the
+this device with :func:`lrdnb.sweeps.sweep` (several independent sweeps, to show how much of the
 curve is the device and how much is noise) and runs Algorithm 1 on each sweep and on all pooled.
 """
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 from ..plan import LayerSpec
 from ..provenance import provenance, resolve_device
 from ..rankopt import _curve, algorithm1, curve_steps, rank_range, top_candidates
-from ..timing import sweep, verify_steps
+from ..steps import verify_steps
+from ..sweeps import sweep
 
 __all__ = ["PAPER_FIG2", "fig2_spec", "step_time_vs_rank"]
 
@@ -74,11 +75,11 @@ def step_time_vs_rank(
         rank_max, rank_min: an explicit range instead.
         passes: passes to time (:data:`lrdnb.timing.PASSES`); ``choice_pass`` is the one
             Algorithm 1 runs on.
-        repeats, min_run_time, reference_every: per sweep (see :func:`lrdnb.timing.sweep`).
+        repeats, min_run_time, reference_every: per sweep (see :func:`lrdnb.sweeps.sweep`).
         sweeps: independent sweeps (different seeds and visit orders) to show the choice's stability.
         variant, smooth, multiple, tie_tol: Algorithm 1's options (:func:`lrdnb.rankopt.algorithm1`).
         verify_top, verify_rounds: re-time each sweep's best candidate steps in interleaved pairs
-            (:func:`lrdnb.timing.verify_steps`); ``0``: Algorithm 1 on the sweep alone.
+            (:func:`lrdnb.steps.verify_steps`); ``0``: Algorithm 1 on the sweep alone.
 
     Returns:
         ``(curves, choices)``: the sweep rows with a ``sweep`` column (0, 1, ...), rows sorted by

@@ -1,0 +1,174 @@
+"""Coarse-to-fine step search (lrdnb.steps): located steps, timings saved, cache replay, same choice as
+the exhaustive sweep on a staircase curve.
+
+The device is replaced by a synthetic staircase (what this CPU's oneDNN kernels and the paper's
+Fig. 2 show) so that the assertions are exact; the real-device path runs in test_rankopt.py and
+benchmarks/rankopt_cost.py.
+"""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import lrdnb
+from lrdnb import steps, sweeps
+from lrdnb.cache import TimingCache
+from lrdnb.plan import LayerSpec
+from lrdnb.rankopt import algorithm1, optimize_ranks, rank_range
+
+FAST = dict(device="cpu", min_run_time=1e-4, progress=False, threads=1)
+
+
+def spec(c=64, method="tucker2", ranks=(38, 38)) -> LayerSpec:
+    return LayerSpec("c", "conv2d", [c, c, 3, 3], False, [2, c, 4, 4], output_shape=[2, c, 4, 4], padding=[1, 1],
+                     method=method, ranks=list(ranks))
+
+
+def stair_time(r: int, at=None) -> float:
+    """Seconds per call: a staircase with steps ``{rank: height}`` (just above ``rank`` the time is
+    ``height`` higher), a slight slope, and 10.0 for rank 0 (the original layer)."""
+    at = {13: 0.3, 20: 0.05, 27: 0.25, 37: 0.4} if at is None else at
+    if r == 0:
+        return 10.0
+    return 1.0 + 0.002 * r + sum(h for a, h in at.items() if r > a)
+
+
+@pytest.fixture
+def fake_device(monkeypatch):
+    """Session timings and paired verification read ``stair_time``; counts what was measured."""
+    log = {"measured": [], "verified": [], "sessions": 0}
+    real_init = sweeps._Session.__init__
+
+    def init(self, *a, **k):
+        log["sessions"] += 1
+        real_init(self, *a, **k)
+
+    def fake_time(self, k, r, p):
+        self.seen.add((r, p))
+        self.seq.append((k, r, p, stair_time(r)))
+        if r:
+            log["measured"].append(r)
+
+    def fake_interleaved(variants, rounds=5, **kw):
+        log["verified"].append(sorted(int(v) for v in variants))
+        return pd.DataFrame([{"round": k, "position": i, "variant": v, "median_s": stair_time(int(v)),
+                              "iqr_s": 0.0, "min_s": 0.0, "max_s": 0.0, "n": 1}
+                             for k in range(rounds) for i, v in enumerate(variants)])
+
+    monkeypatch.setattr(sweeps._Session, "__init__", init)
+    monkeypatch.setattr(sweeps._Session, "_time", fake_time)
+    monkeypatch.setattr(steps, "interleaved", fake_interleaved)
+    return log
+
+
+def test_coarse_grid():
+    assert steps.coarse_grid(range(244, 310), 16) == [309, 304, 288, 272, 256, 244]
+    assert steps.coarse_grid([5, 3, 4], 1) == [5, 4, 3]  # grid 1: every rank
+    assert steps.coarse_grid([7], 8) == [7]
+    with pytest.raises(ValueError, match="grid"):
+        steps.coarse_grid([1, 2], 0)
+
+
+@pytest.mark.parametrize("grid", [8, 16, 5])
+def test_staircase_locates_steps_off_grid(fake_device, grid):
+    ranks = list(range(45, 9, -1))  # 45 .. 10
+    df = steps.staircase_sweep(spec(), ranks=ranks, pass_="train", grid=grid, refine=2, repeats=2, **FAST)
+    # the largest step 38 -> 37 first, then the highest-rank step at least half as large: 28 -> 27
+    # (14 -> 13 is larger but lower; 21 -> 20 is too small to count)
+    assert df.attrs["steps"] == [37, 27]
+    measured = set(fake_device["measured"])
+    assert len(measured) < len(ranks) / 2  # far fewer ranks than the exhaustive sweep
+    assert {37, 38, 27, 28} <= set(df["rank"])  # both sides of the located step are in the curve
+    d = df[df["method"] == "tucker2"]
+    assert d["rank"].between(10, 45).all() and (d["pass"] == "train").all()
+    assert np.allclose(d["norm_s"] / d["ref_s"], [stair_time(r) / 10.0 for r in d["rank"]])
+
+
+def test_staircase_cache_replays_without_timing(fake_device, tmp_path):
+    cache = TimingCache(tmp_path)
+    kw = dict(ranks=list(range(45, 9, -1)), pass_="train", grid=8, refine=2, repeats=2, verify_rounds=3,
+              confirm=0.8, cache=cache, **FAST)
+    a = steps.staircase_sweep(spec(), **kw)
+    n_sessions, n_verified = fake_device["sessions"], len(fake_device["verified"])
+    assert n_sessions == 1 and n_verified == 1  # sequential verification: the first step confirmed, stop
+    assert list(a.attrs["verified"]["candidate"]) == [37]
+    b = steps.staircase_sweep(spec(), **{**kw, "cache": TimingCache(tmp_path)})
+    assert fake_device["sessions"] == n_sessions and len(fake_device["verified"]) == n_verified  # nothing timed
+    assert b.attrs["steps"] == a.attrs["steps"] and b["cached"].all()
+    pd.testing.assert_frame_equal(a.attrs["verified"].drop(columns="cached"), b.attrs["verified"].drop(columns="cached"))
+    key = ["rank", "method", "pass"]
+    pd.testing.assert_series_equal(a.sort_values(key)["norm_s"].reset_index(drop=True),
+                                   b.sort_values(key)["norm_s"].reset_index(drop=True), rtol=1e-5)
+
+
+def test_staircase_verifies_next_step_when_first_not_confirmed(fake_device, monkeypatch):
+    calls = []
+
+    def half_confirmed(variants, rounds=5, **kw):  # the first pair only seen in 2 of 5 rounds
+        calls.append(sorted(int(v) for v in variants))
+        first = len(calls) == 1
+        return pd.DataFrame([{"round": k, "position": i, "variant": v,
+                              "median_s": stair_time(int(v)) * (1.5 if first and k >= 2 and int(v) == 37 else 1.0)}
+                             for k in range(rounds) for i, v in enumerate(variants)])
+
+    monkeypatch.setattr(steps, "interleaved", half_confirmed)
+    df = steps.staircase_sweep(spec(), ranks=list(range(45, 9, -1)), pass_="train", grid=8, refine=2,
+                               verify_rounds=5, confirm=0.8, **FAST)
+    v = df.attrs["verified"].set_index("candidate")
+    assert len(calls) == 2 and calls[0] == [37, 38]
+    assert calls[1] == [27, 28] and v.loc[37, "faster"] == pytest.approx(0.4) and v.loc[27, "faster"] == 1.0
+    r, why = algorithm1(df[df.method == "tucker2"]["rank"], df[df.method == "tucker2"]["norm_s"], 10.0,
+                        verified=df.attrs["verified"])
+    assert r == 27 and "28->27" in why
+
+
+def test_staircase_flat_curve_has_no_steps(fake_device, monkeypatch):
+    monkeypatch.setattr(sweeps._Session, "_time", lambda self, k, r, p: self.seq.append((k, r, p, 10.0 if r == 0
+                                                                                          else 1.0 + 0.001 * r)))
+    df = steps.staircase_sweep(spec(), ranks=list(range(40, 20, -1)), pass_="train", grid=8, verify_rounds=3,
+                               **FAST)
+    assert df.attrs["steps"][0] in range(20, 40)  # a rising curve: each coarse drop is the slope
+    flat = steps.staircase_sweep(spec(), ranks=[30, 29, 28], pass_="train", grid=8, repeats=1, **FAST)
+    assert set(flat["rank"]) >= {30, 28}
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(128, 128, 3, padding=1, bias=False)
+        self.b = nn.Conv2d(128, 128, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("quantum", [8, 16])
+def test_staircase_and_exhaustive_choose_the_same_rank(fake_device, monkeypatch, quantum):
+    def t(r):
+        return 10.0 if r == 0 else 1.0 + 0.002 * r + 0.1 * np.ceil(r / quantum) + (0.3 if r > 64 else 0.0)
+
+    monkeypatch.setattr(sweeps._Session, "_time",
+                        lambda self, k, r, p: (self.seen.add((r, p)), self.seq.append((k, r, p, t(r)))))
+    monkeypatch.setattr(steps, "interleaved", lambda variants, rounds=5, **kw: pd.DataFrame(
+        [{"round": k, "variant": v, "median_s": t(int(v))} for k in range(rounds) for v in variants]))
+    torch.manual_seed(0)
+    m, x = Net(), torch.randn(2, 128, 4, 4)
+    p = lrdnb.plan(m, x)
+    rr = rank_range(p["a"], alpha=2)
+    assert rr[0] > 64 > rr[-1]
+    kw = dict(cache=None, repeats=2, **FAST)
+    stair = optimize_ranks(m, x, p, search="staircase", **kw)
+    exh = optimize_ranks(m, x, p, search="exhaustive", **kw)
+    assert stair["a"].ranks[0] == exh["a"].ranks[0] == 64  # the rank just past the 65 -> 64 drop
+    assert stair.meta["rank_optimization"]["timings"] < exh.meta["rank_optimization"]["timings"] / 2
+    assert stair.meta["rank_optimization"]["search"] == "staircase"
+
+
+def test_optimize_ranks_search_errors():
+    m, x = Net(), torch.randn(2, 128, 4, 4)
+    p = lrdnb.plan(m, x)
+    with pytest.raises(ValueError, match="search"):
+        optimize_ranks(m, x, p, search="binary", cache=None)
+    with pytest.raises(ValueError, match="exhaustive"):
+        optimize_ranks(m, x, p, method="joint", search="staircase", cache=None)
