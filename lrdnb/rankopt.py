@@ -100,11 +100,16 @@ def _plan_alpha(plan: Plan, spec: LayerSpec) -> float | None:
 
 
 def _curve(df: pd.DataFrame, pass_: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """(ranks ascending, per-repeat normalised times [repeats, ranks], median times, T)."""
+    """(ranks ascending, per-repeat times [repeats, ranks], median times, T).
+
+    Every time is its ratio to the original layer measured beside it, times one ``T``: rows
+    from different sessions (a partly cached curve) are then comparable even if the machine ran
+    at another speed when each was measured."""
     d = df[(df["pass"] == pass_) & (df["method"] != "keep")].sort_values("rank")
     k = df[(df["pass"] == pass_) & (df["method"] == "keep")]
-    t2 = per_repeat(d, "ratios") * d["ref_s"].to_numpy()
-    return d["rank"].to_numpy(int), t2, d["norm_s"].to_numpy(float), float(k["norm_s"].iloc[0])
+    T = float(k["norm_s"].iloc[0])
+    q = per_repeat(d, "ratios")
+    return d["rank"].to_numpy(int), q * T, np.median(q, axis=0) * T, T
 
 
 def _error(weight: torch.Tensor, method: str, rk: Sequence[int], memo: dict) -> float:

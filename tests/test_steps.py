@@ -172,3 +172,19 @@ def test_optimize_ranks_search_errors():
         optimize_ranks(m, x, p, search="binary", cache=None)
     with pytest.raises(ValueError, match="exhaustive"):
         optimize_ranks(m, x, p, method="joint", search="staircase", cache=None)
+
+
+def test_curve_mixes_sessions_by_ratio():
+    """A partly cached curve: rows measured while the machine ran 2x slower carry a 2x larger
+    reference; their times are compared by ratio to the original layer, not by raw seconds."""
+    from lrdnb.rankopt import _curve
+
+    df = pd.DataFrame([
+        {"rank": 0, "method": "keep", "pass": "train", "norm_s": 1.0, "ref_s": 1.0, "ratios": "1;1"},
+        {"rank": 8, "method": "svd", "pass": "train", "norm_s": 0.5, "ref_s": 1.0, "ratios": "0.5;0.5"},
+        {"rank": 9, "method": "svd", "pass": "train", "norm_s": 1.4, "ref_s": 2.0, "ratios": "0.7"},  # slow session
+    ])
+    r, t2, tm, T = _curve(df, "train")
+    assert list(r) == [8, 9] and T == 1.0
+    assert np.allclose(tm, [0.5, 0.7]) and t2.shape == (2, 2) and np.allclose(t2[:, 1], 0.7)
+    assert algorithm1(r, t2, T)[0] == 8

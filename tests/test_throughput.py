@@ -74,21 +74,31 @@ def test_pass_summary_uses_paired_ratios():
 
 
 def test_check_targets_reads_the_table():
-    base = {"model": "m", "train_delta_pct": 0.0}
+    base = {"model": "m", "train_delta_pct": 0.0, "train_rounds": 6, "infer_rounds": 6}
     tab = pd.DataFrame([
         {**base, "method": "lrd", "infer_vs_lrd_pct": 0.0, "infer_vs_lrd_min": 0.0, "infer_vs_lrd_max": 0.0},
-        {**base, "method": "rank_opt", "train_vs_lrd_pct": 10.0, "train_vs_lrd_min": 5.0,
-         "infer_vs_lrd_pct": 1.0, "infer_vs_lrd_min": -1.0},
-        {**base, "method": "freezing", "infer_vs_lrd_pct": 0.5, "infer_vs_lrd_min": -3.0, "infer_vs_lrd_max": 2.0},
+        {**base, "method": "rank_opt", "train_vs_lrd_pct": 10.0, "train_vs_lrd_wins": 6,
+         "infer_vs_lrd_pct": 1.0, "infer_vs_lrd_wins": 5},
+        {**base, "method": "freezing", "infer_vs_lrd_pct": -2.0, "infer_vs_lrd_min": -3.0, "infer_vs_lrd_max": 2.0},
         {**base, "method": "combined", "train_delta_pct": 50.0, "train_achieved": 0.6},
     ])
-    c = T.check_targets(tab).set_index("claim")["met"]
-    assert c["combined train delta %"] is True or c["combined train delta %"] == True  # noqa: E712
-    assert not c["combined train: fraction of FLOP-predicted gain"]
-    assert c["rank_opt vs lrd train: slowest round %"] and c["rank_opt vs lrd train: median % beyond noise"]
-    assert not c["rank_opt vs lrd infer: slowest round %"]
-    assert not c["rank_opt vs lrd infer: median % beyond noise"]  # 1% < noise 3%
-    assert c["freezing == lrd in inference (min..max spans 0)"]
+    c = T.check_targets(tab).set_index("claim")
+    assert c.loc["combined train delta %", "met"]
+    assert not c.loc["combined train: fraction of FLOP-predicted gain", "met"]
+    train_sign = "rank_opt vs lrd train: sign test p (6 of 6 rounds faster)"
+    assert c.loc[train_sign, "value"] == pytest.approx(1 / 64) and c.loc[train_sign, "met"]
+    assert c.loc["rank_opt vs lrd train: median % above the A/A control", "met"]  # 10% > |-2%|
+    infer_sign = "rank_opt vs lrd infer: sign test p (5 of 6 rounds faster)"
+    assert c.loc[infer_sign, "value"] == pytest.approx(7 / 64) and not c.loc[infer_sign, "met"]
+    assert not c.loc["rank_opt vs lrd infer: median % above the A/A control", "met"]  # 1% < 2%
+    assert c.loc["freezing == lrd in inference (min..max spans 0)", "met"]
+
+
+def test_sign_test():
+    assert T.sign_test(0, 5) == 1.0 and T.sign_test(5, 5) == pytest.approx(1 / 32)
+    assert T.sign_test(8, 10) == pytest.approx(56 / 1024)
+    with pytest.raises(ValueError, match="wins"):
+        T.sign_test(7, 6)
 
 
 # ---------------------------------------------------------------- FLOPs
