@@ -60,15 +60,23 @@ def optimized_run(name, model, x, device, cache_dir, **opt) -> tuple[dict, lrdnb
     p2 = optimize_ranks(model, x, p, device=device, method="algorithm1", cache=TimingCache(cache_dir),
                         progress=False, **opt)
     t2 = time.perf_counter()
-    lrdnb.apply(model, p2)
+    small = lrdnb.apply(model, p2)
     info = p2.meta["rank_optimization"]
+    # what the chosen ranks buy, from the plan's own measurements (per layer: its ratio to the
+    # original layer x that layer's time), and what they keep
+    pred = sum((s.time_decomposed if s.method != "keep" else s.time_original) or 0.0 for s in p2
+               if s.time_original)
+    orig = sum(s.time_original for s in p2 if s.time_original)
     moved = sum(a.ranks != b.ranks for a, b in zip(p.decomposed, (p2[s.name] for s in p.decomposed)))
     kept = sum(p2[s.name].method == "keep" for s in p.decomposed)
     return ({"run": name, "search": info["search"], "seconds": time.perf_counter() - t0,
              "cpu_s": time.process_time() - c0, "plan_s": t1 - t0, "optimize_s": t2 - t1,
              "signatures": info["signatures"], "signatures_timed": info["signatures_timed"],
              "timings": info["timings"], "steps_verified": info.get("steps_verified"), "layers": len(p.decomposed),
-             "layers_moved": moved, "layers_kept_original": kept, "load_before": la, "load_after": load_avg()}, p2)
+             "layers_moved": moved, "layers_kept_original": kept,
+             "predicted_layer_time_vs_original": pred / orig if orig else float("nan"),
+             "params_ratio": sum(q.numel() for q in small.parameters()) / sum(q.numel() for q in model.parameters()),
+             "load_before": la, "load_after": load_avg()}, p2)
 
 
 def run(model_name: str, size: int, batch: int, device: str, rounds: int, exhaustive: bool, **opt) -> list[dict]:
@@ -163,7 +171,7 @@ def main() -> None:
     write_results(df, "rankopt_cost", meta, folder=a.out)
     cols = [c for c in ("run", "search", "round", "seconds", "optimize_s", "ratio_to_plain", "timings",
                         "steps_verified", "layers_moved", "layers_kept_original", "same_choice_as_exhaustive",
-                        "load_before") if c in df]
+                        "predicted_layer_time_vs_original", "params_ratio", "load_before") if c in df]
     print(df[cols].to_string(index=False))
     if a.fig2:
         for s in meta["fig2_staircase"]["sweeps"]:

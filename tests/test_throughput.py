@@ -198,3 +198,17 @@ def test_decomposition_time_helpers():
     assert plot_decomposition_time(df, paper.table2()) is not None
     with pytest.raises(ValueError, match="hosvd"):
         T.decomposition_time_table(["resnet10_cpu"], weights=["svd"], progress=False)
+
+
+def test_flop_time_share_and_amdahl():
+    torch.set_num_threads(1)
+    conv = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1))
+    x = torch.randn(4, 32, 16, 16)
+    heavy = T.flop_time_share(lambda: conv(x))
+    # the same convolutions plus plenty of FLOP-free elementwise work
+    light = T.flop_time_share(lambda: [torch.relu(conv(x) + 1).exp().sqrt() for _ in range(1)] and
+                              [x.sin().cos().tanh() for _ in range(20)])
+    assert 0.5 < heavy <= 1.0 and 0.0 < light < heavy
+    assert T.flop_time_share(lambda: x.sin()) == 0.0
+    assert T.amdahl(1.0, 2.0) == pytest.approx(2.0) and T.amdahl(0.0, 5.0) == pytest.approx(1.0)
+    assert T.amdahl(0.5, 1e9) == pytest.approx(2.0)
