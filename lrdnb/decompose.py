@@ -163,10 +163,10 @@ def apply(
     Example:
         >>> import torchvision
         >>> m = torchvision.models.resnet18()
-        >>> x = torch.zeros(1, 3, 32, 32)
+        >>> x = torch.zeros(2, 3, 32, 32)
         >>> small = apply(m, make_plan(m, x))
         >>> small(x).shape
-        torch.Size([1, 1000])
+        torch.Size([2, 1000])
     """
     if weights not in WEIGHT_METHODS:
         raise ValueError(f"unknown weights {weights!r}; valid: {list(WEIGHT_METHODS)}")
