@@ -151,7 +151,7 @@ def staircase_sweep(
     todo = [r for r in coarse if not st.have(r, repeats)]
     measured: list[dict] = []
     try:
-        if found is not None and not todo:
+        if found is not None and not todo and all(st.have(c, 1) and st.have(c + 1, 1) for c in found):
             steps = found
         else:
             steps = _search(session, cached_ratio, coarse, todo, repeats, orders, rng, refine, substantial, pass_)

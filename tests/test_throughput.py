@@ -212,3 +212,16 @@ def test_flop_time_share_and_amdahl():
     assert T.flop_time_share(lambda: x.sin()) == 0.0
     assert T.amdahl(1.0, 2.0) == pytest.approx(2.0) and T.amdahl(0.0, 5.0) == pytest.approx(1.0)
     assert T.amdahl(0.5, 1e9) == pytest.approx(2.0)
+
+
+def test_profiler_chatter_is_dropped_other_stderr_kept(capfd):
+    import os
+
+    with T._quiet_kineto():
+        os.write(2, b"USDT:2026-11-23 14:59:58 1:1 SyncActivityProfilerHandler.cpp:39] profiler_start\n")
+        os.write(2, b"ERROR:2026 1:1 DeviceProperties.cpp:56] gpuGetDeviceCount failed with code 35\n")
+        os.write(2, b"a real warning\n")
+    err = capfd.readouterr().err
+    assert "a real warning" in err and "profiler_start" not in err and "gpuGetDeviceCount" not in err
+    T.flop_time_share(lambda: torch.randn(8).sin(), calls=1)
+    assert "profiler_start" not in capfd.readouterr().err

@@ -13,8 +13,12 @@
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import re
+import sys
+import tempfile
 import time
 from typing import Any, Callable, Sequence
 
@@ -101,6 +105,31 @@ def pass_summary(raw: pd.DataFrame, batch: int, reference: str = "original", pas
 FLOP_OPS = re.compile(r"conv|^aten::(mm|addmm|bmm|baddbmm|matmul|linear)$")
 
 
+#: what Kineto, the profiler's C++ backend, writes to stderr on every profile of a CUDA build
+#: running without a GPU (start/stop markers, a failed device count)
+_KINETO_CHATTER = re.compile(r"^(USDT|STAGE):.*(profiler_start|profiler_stop|Completed Stage)|gpuGetDeviceCount failed")
+
+
+@contextlib.contextmanager
+def _quiet_kineto():
+    """Hold the process's stderr (file descriptor 2) in a temporary file while profiling and
+    pass on every line that is not :data:`_KINETO_CHATTER`."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [ln for ln in tmp.read().decode(errors="replace").splitlines() if not _KINETO_CHATTER.search(ln)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
+
 def flop_time_share(fn: Callable[[], Any], calls: int = 3) -> float:
     """Fraction of ``fn()``'s CPU time spent in the ops FLOPs count (:data:`FLOP_OPS`).
 
@@ -112,7 +141,7 @@ def flop_time_share(fn: Callable[[], Any], calls: int = 3) -> float:
     from torch.profiler import ProfilerActivity, profile
 
     fn()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with _quiet_kineto(), profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(calls):
             fn()
     ev = prof.key_averages()
