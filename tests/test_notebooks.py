@@ -22,6 +22,15 @@ def test_parameters_cell(name):
         keys |= {"figures_dir", "tag"}
     missing = sorted(k for k in keys if f"\n{k}:" not in src)
     assert not missing, f"{nb_path.name} parameters cell lacks {missing}"
+    # papermill reads every parameter (else it warns 'Passed unknown parameter' on each run):
+    # no `X | None` annotations, no '=' in the comments
+    import re
+
+    import papermill as pm
+
+    declared = set(re.findall(r"^(\w+):", tagged[0].source, flags=re.M))
+    unread = sorted(declared - set(pm.inspect_notebook(str(nb_path))))
+    assert not unread, f"papermill cannot read {unread} in {nb_path.name}'s parameters cell"
 
 
 def test_reproduce_rejects_unknown_names():
