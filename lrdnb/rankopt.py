@@ -163,10 +163,11 @@ def optimize_ranks(
       per-repeat curves, choosing among the candidate steps that paired re-timing confirmed
       (:func:`lrdnb.steps.verify_steps`); the original layer is kept where it is at least as fast.
       With ``search="staircase"`` (the default for Algorithm 1) the candidate steps are found
-      coarse to fine (:func:`lrdnb.steps.staircase_sweep`: every ``grid``-th rank, then the
-      ``verify_top`` largest coarse drops bisected to single ranks) instead of timing every
-      rank (``search="exhaustive"``, :func:`lrdnb.sweeps.sweep`: the paper's procedure, ~4x more
-      timings, same choice on a staircase curve);
+      coarse to fine (:func:`lrdnb.steps.staircase_sweep`: every ``grid``-th rank, then
+      ``verify_top`` of the largest coarse drops bisected to single ranks) instead of timing
+      every rank (``search="exhaustive"``, :func:`lrdnb.sweeps.sweep`: the paper's procedure,
+      ~5x more timings; on ResNet-50 here the plans of both are equally fast and small, see
+      ``benchmarks/rankopt_cost.py``);
     * ``method="joint"``: :func:`joint_select` over all layers (options: every swept rank and
       keeping the original), error = relative reconstruction error of the layer's *own* weight,
       objective = sum of squared relative errors; ``budget`` (seconds, summed over the
