@@ -176,7 +176,7 @@ class TimingCache:
                 self._write(path, both)
             # keep what was written in memory (no re-read of a growing file): update the index
             hit = self._mem.get(path)
-            index = {k: list(v) for k, v in hit[2].items()} if hit else {}
+            index = hit[2] if hit else {}  # lookup() hands out copies, so updating in place is safe
             for rec in new.to_dict("records"):
                 lst = index.setdefault(_ident(rec), [])
                 lst[:] = [r for r in lst if (str(r["method"]), int(r["rank"])) != (str(rec["method"]), int(rec["rank"]))]

@@ -252,7 +252,6 @@ def optimize_ranks(
         n_timings += int(fresh["n"].sum())
         n_swept += int(not fresh.empty)
         curves[key] = df
-    cache = store
     by_name = {s.name: key for key, members in groups.items() for s in members}
 
     info: dict[str, Any] = {}
@@ -270,7 +269,7 @@ def optimize_ranks(
                     top = top_candidates(r, t2, verify_top, variant, multiple, sm, min_drop)
                     vt = verify_steps(members[0], top, pass_, rounds=verify_rounds, device=dev, threads=threads,
                                       dtype=dtype, channels_last=channels_last, method=key[1],
-                                      min_run_time=min_run_time, cache=cache)
+                                      min_run_time=min_run_time, cache=store)
                     n_verified += int((~vt["cached"].astype(bool)).sum())
                 choice, why = algorithm1(r, t2, T, variant=variant, multiple=multiple, smooth=sm,
                                          min_drop=min_drop, verified=vt, tie_tol=tie_tol, confirm=confirm)

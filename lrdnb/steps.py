@@ -22,7 +22,7 @@ import torch
 
 from .plan import LayerSpec
 from .provenance import device_name as _device_name, resolve_device
-from .sweeps import ORDERS, _module, _order, _Session, _Setup
+from .sweeps import ORDERS, _calls_for, _module, _order, _Session, _Setup
 from .timing import _check_pass, interleaved, make_runner, time_callable
 
 __all__ = ["coarse_grid", "staircase_sweep", "verify_steps"]
@@ -291,7 +291,7 @@ def verify_steps(
                 mods = {r: _module(spec, method, r, beta, frozen, pool) for r in need}
                 run = {r: make_runner(m, spec.input_shape, pass_, dev, dtype, channels_last) for r, m in mods.items()}
                 est = time_callable(run[max(run)], dev, mode="fixed", number=1, threads=threads)["median_s"]
-                number, warm = int(min(1000, max(1, round(min_run_time / max(est, 1e-7))))), True
+                number, warm = _calls_for(est, min_run_time), True
             df = interleaved({str(r): f for r, f in run.items()}, rounds=rounds, device=dev, threads=threads,
                              progress=progress, mode="fixed", number=number, warmup=0 if warm else 1)
         finally:

@@ -83,6 +83,11 @@ def _module(spec: LayerSpec, method: str, rank: int, beta: float, frozen: Sequen
     return mod
 
 
+def _calls_for(seconds_per_call: float, min_run_time: float) -> int:
+    """Calls per measurement so that one measurement lasts about ``min_run_time`` (1..1000)."""
+    return int(min(1000, max(1, round(min_run_time / max(seconds_per_call, 1e-7)))))
+
+
 def _r2(method: str, rank: int, beta: float) -> int:
     return max(1, int(beta * rank)) if method == "tucker2" else 0
 
@@ -115,7 +120,7 @@ class _Session:
         for p in self.passes:
             probe = [self._runner(0, p)] + ([self._runner(size_rank, p)] if size_rank else [])
             est = max(time_callable(f, dev, mode="fixed", number=1, threads=threads)["median_s"] for f in probe)
-            self.number[p] = int(min(1000, max(1, round(min_run_time / max(est, 1e-7)))))
+            self.number[p] = _calls_for(est, min_run_time)
             self.seen.update({(0, p), (size_rank, p)})  # the probes were their warm-up
 
     def _runner(self, r: int, p: str) -> Callable:
