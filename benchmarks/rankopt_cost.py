@@ -13,6 +13,8 @@ distinct layer signatures, timings taken, steps verified, how many layers moved 
 ``--exhaustive`` adds one cold run of the exhaustive search (every rank, the paper's procedure)
 and counts the layers on which both searches chose the same rank. ``--fig2`` runs the staircase
 search twice on the paper's [512, 512, 3, 3] layer (14 x 14, batch 8) and records both choices.
+``--fast-repeats 1`` adds, per round, a cold run with one coarse pass instead of ``--repeats``
+(and, with ``--fig2``, two more Fig.-2 searches with it): the cheaper setting side by side.
 Writes ``data/rankopt_cost.csv`` / ``.json`` with provenance (``lrdnb.results``).
 
 Run:  .venv/bin/python benchmarks/rankopt_cost.py --threads 1 [--exhaustive] [--fig2]
@@ -79,7 +81,8 @@ def optimized_run(name, model, x, device, cache_dir, **opt) -> tuple[dict, lrdnb
              "load_before": la, "load_after": load_avg()}, p2)
 
 
-def run(model_name: str, size: int, batch: int, device: str, rounds: int, exhaustive: bool, **opt) -> list[dict]:
+def run(model_name: str, size: int, batch: int, device: str, rounds: int, exhaustive: bool, fast_repeats: int = 0,
+        **opt) -> list[dict]:
     torch.manual_seed(0)
     model = getattr(torchvision.models, model_name)()
     x = torch.randn(batch, 3, size, size)
@@ -88,8 +91,12 @@ def run(model_name: str, size: int, batch: int, device: str, rounds: int, exhaus
         with tempfile.TemporaryDirectory() as cache_dir:
             for name in ("cold", "warm"):
                 row, p2 = optimized_run(name, model, x, device, cache_dir, **opt)
-                rows.append({**row, "round": k})
+                rows.append({**row, "round": k, "repeats": opt.get("repeats", 2)})
                 plans.append(p2)
+        if fast_repeats:
+            with tempfile.TemporaryDirectory() as cache_dir:
+                row, _ = optimized_run("cold", model, x, device, cache_dir, **{**opt, "repeats": fast_repeats})
+                rows.append({**row, "round": k, "repeats": fast_repeats})
         rows.append(plain_run(model, x))
     if exhaustive:
         with tempfile.TemporaryDirectory() as cache_dir:
@@ -97,7 +104,7 @@ def run(model_name: str, size: int, batch: int, device: str, rounds: int, exhaus
         rows.append({**row, "round": rounds})
         rows.append(plain_run(model, x))
         for r in rows:
-            if r["run"] == "cold" and r.get("search") == "staircase":
+            if r["run"] == "cold" and r.get("search") == "staircase" and r["repeats"] == opt.get("repeats", 2):
                 p2 = plans[2 * r["round"]]
                 r["same_choice_as_exhaustive"] = sum((p2[s.name].method, p2[s.name].ranks) == (s.method, s.ranks)
                                                      for s in p_ex)
@@ -123,6 +130,7 @@ def fig2_check(device: str, **opt) -> dict:
         df = staircase_sweep(spec, ranks=rank_range(spec, alpha=2), pass_="train", grid=opt.get("grid", 16),
                              refine=opt.get("verify_top", 2), verify_rounds=opt.get("verify_rounds", 5),
                              confirm=opt.get("confirm", 0.8) if opt.get("sequential") else None,
+                             early=opt.get("confirm", 0.8) if opt.get("early_stop", True) else None,
                              repeats=opt.get("repeats", 2), min_run_time=0.004, reference_every=16, device=device,
                              seed=seed)
         r, t2, _, T = _curve(df, "train")
@@ -154,12 +162,16 @@ def main() -> None:
     ap.add_argument("--sequential", action="store_true",
                     help="verify located steps one at a time, stop at the first confirmed (cheaper, less stable)")
     ap.add_argument("--fig2", action="store_true", help="also two staircase searches of the Fig.-2 layer")
+    ap.add_argument("--no-early-stop", action="store_true", help="verify every located step for all rounds")
+    ap.add_argument("--fast-repeats", type=int, default=0,
+                    help="also one cold run per round with this many coarse passes (e.g. 1), for comparison")
     ap.add_argument("--out", default="data")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    opt = dict(repeats=a.repeats, sequential=a.sequential, verify_rounds=a.verify_rounds, confirm=a.confirm)
-    rows = run(a.model, a.size, a.batch, a.device, a.rounds, a.exhaustive, **opt)
+    opt = dict(repeats=a.repeats, sequential=a.sequential, verify_rounds=a.verify_rounds, confirm=a.confirm,
+               early_stop=not a.no_early_stop)
+    rows = run(a.model, a.size, a.batch, a.device, a.rounds, a.exhaustive, a.fast_repeats, **opt)
     df = pd.DataFrame(rows)
     meta = provenance(a.device, model=a.model, size=a.size, batch=a.batch, rounds=a.rounds, weights="random",
                       threads=torch.get_num_threads(), search_default="staircase", **opt)
@@ -168,14 +180,16 @@ def main() -> None:
                       "plain runs")
     if a.fig2:
         meta["fig2_staircase"] = fig2_check(a.device, **opt)
+        if a.fast_repeats:
+            meta["fig2_staircase_fast"] = fig2_check(a.device, **{**opt, "repeats": a.fast_repeats})
     write_results(df, "rankopt_cost", meta, folder=a.out)
-    cols = [c for c in ("run", "search", "round", "seconds", "optimize_s", "ratio_to_plain", "timings",
+    cols = [c for c in ("run", "search", "repeats", "round", "seconds", "optimize_s", "ratio_to_plain", "timings",
                         "steps_verified", "layers_moved", "layers_kept_original", "same_choice_as_exhaustive",
                         "predicted_layer_time_vs_original", "params_ratio", "load_before") if c in df]
     print(df[cols].to_string(index=False))
-    if a.fig2:
-        for s in meta["fig2_staircase"]["sweeps"]:
-            print(s["seed"], s["seconds"], "s; steps", s["steps"], "verified", s["verified"], "->", s["choice"])
+    for name in ("fig2_staircase", "fig2_staircase_fast"):
+        for s in meta.get(name, {}).get("sweeps", []):
+            print(name, s["seed"], s["seconds"], "s; steps", s["steps"], "verified", s["verified"], "->", s["choice"])
 
 
 if __name__ == "__main__":

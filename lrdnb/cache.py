@@ -88,7 +88,7 @@ class TimingCache:
     def __init__(self, folder: str | Path | None = None) -> None:
         self.folder = Path(folder or os.environ.get("LRDNB_CACHE") or DEFAULT_FOLDER)
         self._mem: dict[Path, tuple[float, pd.DataFrame, dict[tuple, list[dict]]]] = {}
-        self._held: set[Path] | None = None  # paths with rows not yet written (inside held())
+        self._held: dict[Path, list[dict]] | None = None  # rows not yet written, per file (inside held())
 
     def __repr__(self) -> str:
         return f"TimingCache({str(self.folder)!r})"
@@ -165,23 +165,20 @@ class TimingCache:
         for path, recs in by_path.items():
             key = {k: recs[0][k] for k in KEY_COLUMNS}
             old = self._read(path, key)
-            new = pd.DataFrame(recs)
-            both = pd.concat([old, new], ignore_index=True) if not old.empty else new
-            both = both.drop_duplicates(subset=list(_ROW_ID), keep="last")
-            cols = list(KEY_COLUMNS) + [c for c in _VALUE if c in both.columns]
-            both = both[cols].reset_index(drop=True)
-            if self._held is not None:
-                self._held.add(path)
-            else:
-                self._write(path, both)
-            # keep what was written in memory (no re-read of a growing file): update the index
+            # keep what was stored in memory (no re-read of a growing file): update the index
             hit = self._mem.get(path)
             index = hit[2] if hit else {}  # lookup() hands out copies, so updating in place is safe
-            for rec in new.to_dict("records"):
+            for rec in recs:
                 lst = index.setdefault(_ident(rec), [])
                 lst[:] = [r for r in lst if (str(r["method"]), int(r["rank"])) != (str(rec["method"]), int(rec["rank"]))]
                 lst.append(rec)
-            self._mem[path] = (path.stat().st_mtime if path.exists() else -1.0, both, index)
+            if self._held is not None:  # the frame is built once, when the block ends
+                self._held.setdefault(path, []).extend(recs)
+                self._mem[path] = (hit[0] if hit else -1.0, old, index)
+            else:
+                both = _merge(old, recs)
+                self._write(path, both)
+                self._mem[path] = (path.stat().st_mtime, both, index)
 
     def _write(self, path: Path, df: pd.DataFrame) -> None:
         buf = io.StringIO()
@@ -208,21 +205,31 @@ class TimingCache:
         if self._held is not None:  # nested: the outer block writes
             yield self
             return
-        self._held = set()
+        self._held = {}
         try:
             yield self
         finally:
             held, self._held = self._held, None
-            for path in held:
-                df = self._mem[path][1]
-                self._write(path, df)
-                self._mem[path] = (path.stat().st_mtime, *self._mem[path][1:])
+            for path, recs in held.items():
+                _, old, index = self._mem[path]
+                both = _merge(old, recs)
+                self._write(path, both)
+                self._mem[path] = (path.stat().st_mtime, both, index)
 
     def clear(self) -> None:
         """Delete this cache's CSV files."""
         for p in self.folder.glob("timings_*.csv"):
             p.unlink()
         self._mem.clear()
+
+
+def _merge(old: pd.DataFrame, recs: list[dict]) -> pd.DataFrame:
+    """``old`` rows plus ``recs``; a new row replaces an old one with the same key, method and rank."""
+    new = pd.DataFrame(recs)
+    both = pd.concat([old, new], ignore_index=True) if not old.empty else new
+    both = both.drop_duplicates(subset=list(_ROW_ID), keep="last")
+    cols = list(KEY_COLUMNS) + [c for c in _VALUE if c in both.columns]
+    return both[cols].reset_index(drop=True)
 
 
 def as_cache(cache: Any) -> TimingCache | None:

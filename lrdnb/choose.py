@@ -92,7 +92,7 @@ def top_candidates(
     smooth: str | None = None,
     min_drop: float = 0.0,
 ) -> list[int]:
-    """The ``k`` best candidate steps of a curve, to re-time with :func:`lrdnb.sweeps.verify_steps`.
+    """The ``k`` best candidate steps of a curve, to re-time with :func:`lrdnb.pairs.verify_steps`.
 
     Ranked on the (smoothed) :func:`step_table`; a running median can shift a step by one rank
     on a noisy curve, so each pick is snapped to the largest unsmoothed step among itself and its
@@ -134,7 +134,7 @@ def algorithm1(
     as in the paper. With the defaults this is exactly the paper's algorithm.
 
     For noisy devices (beyond the paper): ``smooth``, ``min_drop``, and ``verified`` - paired
-    re-measurements of the best candidates (:func:`lrdnb.sweeps.verify_steps`): then only
+    re-measurements of the best candidates (:func:`lrdnb.pairs.verify_steps`): then only
     candidates whose rounds confirmed the drop (``confirm``) compete, scored by their paired drop, and if
     none is confirmed the top rank ``R`` is kept (no step is worth extra compression). ``tie_tol``
     treats drops within ``tie_tol`` (relative units) of the best as equal and takes the highest of
@@ -155,9 +155,10 @@ def algorithm1(
             step is scored by its smallest drop over the repeats (each repeat differenced on its
             own, neighbours measured close in time) and must be positive in every repeat - a
             candidate must beat its neighbour in every pass (needs 2-D ``times``).
-        min_drop: candidates must save at least this fraction of ``t``; if none does, the top
-            rank ``R`` is returned ("no step above the noise").
-        verified: :func:`lrdnb.sweeps.verify_steps`'s table for some candidates.
+        min_drop: candidates must save at least this fraction of ``t`` (verified ones: in their
+            paired median); if none does, the top rank ``R`` is returned ("no step above the
+            noise").
+        verified: :func:`lrdnb.pairs.verify_steps`'s table for some candidates.
         confirm: a verified step counts if at least this fraction of its rounds saw it (and its
             median ratio is below 1); 0.8 = 4 of 5 rounds, so one disturbed round is tolerated.
         tie_tol: drops within this (relative) of the best count as ties -> highest rank.
@@ -179,7 +180,7 @@ def algorithm1(
     tag = f"Algorithm 1 ({variant}{', ' + opts if opts else ''})"
     if verified is not None:
         faster = verified["faster"] if "faster" in verified else (verified["ratio_max"] < 1.0).astype(float)
-        v = verified[(faster >= confirm) & (verified["ratio"] < 1.0)]
+        v = verified[(faster >= confirm) & (verified["ratio"] < 1.0) & (verified["ratio"] <= 1.0 - min_drop)]
         if multiple:
             v = v[v["candidate"] % int(multiple) == 0]
         cand = v.rename(columns={"drop_rel": "score"})

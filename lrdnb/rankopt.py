@@ -135,13 +135,14 @@ def optimize_ranks(
     variant: str = "paper",
     multiple: int | None = None,
     smooth: str | None = "consistent",
-    min_drop: float = 0.0,
+    min_drop: float = 0.02,
     search: str = "auto",
     grid: int = 16,
     verify_top: int = 2,
     verify_rounds: int = 5,
     confirm: float = 0.8,
     sequential: bool = False,
+    early_stop: bool = True,
     tie_tol: float = 0.03,
     repeats: int = 2,
     orders: Sequence[str] = ("desc", "asc", "shuffle"),
@@ -161,10 +162,11 @@ def optimize_ranks(
 
     * ``method="algorithm1"``: :func:`algorithm1` per layer on the reference-normalised
       per-repeat curves, choosing among the candidate steps that paired re-timing confirmed
-      (:func:`lrdnb.steps.verify_steps`); the original layer is kept where it is at least as fast.
+      (:func:`lrdnb.pairs.verify_steps`); the original layer is kept where it is at least as fast.
       With ``search="staircase"`` (the default for Algorithm 1) the candidate steps are found
       coarse to fine (:func:`lrdnb.steps.staircase_sweep`: every ``grid``-th rank, then
-      ``verify_top`` of the largest coarse drops bisected to single ranks) instead of timing
+      ``verify_top`` of the largest coarse drops located to single ranks - the tile boundary
+      tested in pairs first, single probes otherwise) instead of timing
       every rank (``search="exhaustive"``, :func:`lrdnb.sweeps.sweep`: the paper's procedure,
       ~5x more timings; on ResNet-50 here the plans of both are equally fast and small, see
       ``benchmarks/rankopt_cost.py``);
@@ -181,16 +183,21 @@ def optimize_ranks(
         pass_: ``"forward"``, ``"train"`` or ``"step"`` - what to make fast.
         variant, multiple, smooth, min_drop, tie_tol, confirm: see :func:`algorithm1`; with the
             staircase search all located steps are verified together, so that ``tie_tol`` can
-            prefer the highest of equal steps (stable across runs).
+            prefer the highest of equal steps (stable across runs). ``min_drop`` (default 2%):
+            a step must save at least this much in its paired re-timing - the per-round noise
+            here is ~5%, so a pair that differs only by the FLOP slope (~0.3% per rank) is
+            still seen faster in 4 of 5 rounds about one time in four.
+        early_stop: stop re-timing a step once it can no longer be confirmed
+            (:func:`lrdnb.pairs.verify_steps`, ``early=confirm``; same verdicts, ~15% fewer rounds).
         sequential: staircase search: verify the located steps one at a time and stop at the
             first confirmed (cheaper; with several equal steps the choice may vary between runs).
         search: ``"auto"`` (staircase for Algorithm 1, exhaustive for joint), ``"staircase"`` or
             ``"exhaustive"``.
         grid: coarse spacing of the staircase search.
         verify_top: re-time this many best candidate steps of each curve in interleaved pairs
-            (:func:`lrdnb.steps.verify_steps`, ``verify_rounds`` rounds) and let only confirmed
-            steps compete; ``0`` with ``search="exhaustive", smooth=None, tie_tol=0`` is the
-            paper's Algorithm 1 as is.
+            (:func:`lrdnb.pairs.verify_steps`, ``verify_rounds`` rounds) and let only confirmed
+            steps compete; ``0`` with ``search="exhaustive", smooth=None, tie_tol=0, min_drop=0``
+            is the paper's Algorithm 1 as is.
         repeats, orders, min_run_time, reference_every, threads, channels_last: see
             :func:`lrdnb.sweeps.sweep` (``repeats``: passes over the coarse grid when searching
             staircases).
@@ -246,7 +253,7 @@ def optimize_ranks(
                   progress=False)
         with store.held() if store is not None else contextlib.nullcontext():  # one write per signature
             df = _time_signature(members[0], key, pass_, search, grid, verify_top, verify_rounds, confirm,
-                                 sequential, kw)
+                                 sequential, early_stop, min_drop, kw)
         checked[key] = df.attrs.pop("verified", None)  # (attrs are deep-copied by every pandas operation)
         fresh = df[~df["cached"].astype(bool)]
         n_timings += int(fresh["n"].sum())
@@ -269,7 +276,7 @@ def optimize_ranks(
                     top = top_candidates(r, t2, verify_top, variant, multiple, sm, min_drop)
                     vt = verify_steps(members[0], top, pass_, rounds=verify_rounds, device=dev, threads=threads,
                                       dtype=dtype, channels_last=channels_last, method=key[1],
-                                      min_run_time=min_run_time, cache=store)
+                                      min_run_time=min_run_time, cache=store, early=confirm if early_stop else None)
                     n_verified += int((~vt["cached"].astype(bool)).sum())
                 choice, why = algorithm1(r, t2, T, variant=variant, multiple=multiple, smooth=sm,
                                          min_drop=min_drop, verified=vt, tie_tol=tie_tol, confirm=confirm)
@@ -286,7 +293,7 @@ def optimize_ranks(
         "method": method, "pass": pass_, "device": str(dev), "device_name": device_name(dev),
         "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""), "threads": threads or torch.get_num_threads(),
         "search": search, "grid": grid if search == "staircase" else None, "variant": variant, "smooth": smooth, "multiple": multiple, "min_drop": min_drop, "repeats": repeats,
-        "verify_top": verify_top, "verify_rounds": verify_rounds, "confirm": confirm, "sequential": sequential, "tie_tol": tie_tol,
+        "verify_top": verify_top, "verify_rounds": verify_rounds, "confirm": confirm, "early_stop": early_stop, "sequential": sequential, "tie_tol": tie_tol,
         "min_run_time": min_run_time, "signatures": len(groups), "signatures_timed": n_swept,
         "timings": n_timings, "seconds": round(time.perf_counter() - t_start, 3), **info,
     }
@@ -294,13 +301,14 @@ def optimize_ranks(
     return new
 
 
-def _time_signature(spec, key, pass_, search, grid, verify_top, verify_rounds, confirm, sequential,
-                    kw) -> pd.DataFrame:
+def _time_signature(spec, key, pass_, search, grid, verify_top, verify_rounds, confirm, sequential, early_stop,
+                    min_drop, kw) -> pd.DataFrame:
     """One signature's curve: staircase search (steps located and verified) or exhaustive sweep."""
     if search == "staircase":
         return staircase_sweep(spec, ranks=list(key[3]), pass_=pass_, grid=grid, refine=verify_top or 2,
                                verify_rounds=verify_rounds if verify_top else 0,
-                               confirm=confirm if sequential else None, **kw)
+                               confirm=confirm if sequential else None, early=confirm if early_stop else None,
+                               min_step=min_drop, **kw)
     return sweep(spec, ranks=list(key[3]), passes=(pass_,), **kw)
 
 

@@ -6,8 +6,8 @@ measurement per rank; but on a device the curve is a staircase - it drops where 
 a multiple of the kernels' tile (16 for this CPU's oneDNN fp32 kernels, 8 for tensor cores) and
 is flat in between - so its steps can be found with a fraction of the timings:
 
-* :func:`staircase_sweep` - a coarse grid, then each of the largest coarse drops bisected down to
-  the single rank where the time steps;
+* :func:`staircase_sweep` - a coarse grid, then each of the largest coarse drops located to the
+  single rank where the time steps (its tile boundary tested in pairs first, else bisected);
 * :func:`verify_steps` - paired, interleaved re-timing of candidate steps ``c + 1 -> c``, so a
   noise spike is never taken for a step (MEASURING.md: 3-7x slow episodes on this machine).
 """
@@ -21,9 +21,8 @@ import pandas as pd
 import torch
 
 from .plan import LayerSpec
-from .provenance import device_name as _device_name, resolve_device
-from .sweeps import ORDERS, _calls_for, _module, _order, _Session, _Setup
-from .timing import _check_pass, interleaved, make_runner, time_callable
+from .pairs import verify_steps
+from .sweeps import ORDERS, _order, _Session, _Setup
 
 __all__ = ["coarse_grid", "staircase_sweep", "verify_steps"]
 
@@ -51,6 +50,8 @@ def staircase_sweep(
     substantial: float = 0.5,
     verify_rounds: int = 0,
     confirm: float | None = None,
+    early: float | None = None,
+    min_step: float = 0.0,
     device: str | torch.device = "auto",
     threads: int | None = None,
     dtype: torch.dtype = torch.float32,
@@ -84,8 +85,12 @@ def staircase_sweep(
        ``tie_tol`` then prefers it);
     3. locate each drop's single-rank step: first time ``lo + 1`` (a tile-aligned grid puts the
        step right at ``lo``); if it sits on the high side, the step is ``lo + 1 -> lo``, else
-       bisect ``(lo + 1, hi)``: a rank whose time is nearer ``t(hi)`` than ``t(lo)`` is above
-       the step. Each probe is one measurement, normalised by the reference like every other.
+       ``hi - 1`` (the step just below the upper grid rank), and bisect between them
+       otherwise: a rank whose time is nearer ``t(hi)`` than ``t(lo)`` is above the step.
+       Each probe is one measurement, normalised by the reference like every other. With
+       ``verify_rounds`` the boundary ``lo + 1 -> lo`` is tested in paired rounds first
+       (:func:`verify_steps`) instead of by one probe - a 7-10% step against ~5% noise per
+       measurement here: single probes sent 1 in 4 searches of the Fig. 2 layer elsewhere.
 
     The result is the frame :func:`lrdnb.sweeps.sweep` returns for the ranks measured (coarse +
     probes; cached rows of other ranks in the range too), with ``attrs["steps"]``: the located
@@ -105,6 +110,12 @@ def staircase_sweep(
         confirm: verify the steps one at a time, largest coarse drop first, and stop at the
             first one confirmed (``faster >= confirm`` and median ratio < 1, as
             :func:`lrdnb.choose.algorithm1` counts it); ``None``: verify all located steps.
+        early: stop verifying a step once it can no longer be confirmed at this fraction of
+            rounds (:func:`verify_steps`, ``early``); also the fraction at which a tile
+            boundary counts as the step while locating (default 0.8).
+        min_step: a tile boundary counts as the step only if its paired drop is at least this
+            (relative): a pair with no step still differs by the FLOP slope (~0.3% per rank),
+            and that is seen "faster" in most rounds.
         repeats: passes over the coarse grid (each probe is timed once).
         Others: as :func:`lrdnb.sweeps.sweep`.
 
@@ -141,34 +152,60 @@ def staircase_sweep(
         return float(np.median(q)) if q else float(row["median_s"])
 
     # the search's outcome is cached too: a warm run re-uses it instead of re-deciding from values
-    # that the closing reference re-normalised
+    # that the closing reference re-normalised (rows: the located steps, r2 = order; candidates
+    # tried and rejected on the way, r2 = 1000 + order)
     tag = f"{st.method}-stairs-g{grid}-k{refine}-s{substantial:g}-{st.ranks[0]}-{st.ranks[-1]}"
-    found = None
+    found = tried = None
     if st.store is not None:
         rows = [r for r in st.store.lookup(st.keys[pass_]) if r["method"] == tag and r["n"] >= repeats]
         if rows:
-            found = [int(r["rank"]) for r in sorted(rows, key=lambda r: r["r2"]) if r["rank"] > 0]
+            rows = sorted(rows, key=lambda r: r["r2"])
+            found = [int(r["rank"]) for r in rows if r["rank"] > 0 and r["r2"] < 1000]
+            tried = [int(r["rank"]) for r in rows if r["rank"] > 0]
     todo = [r for r in coarse if not st.have(r, repeats)]
     measured: list[dict] = []
+    ok_at = early if early is not None else (confirm if confirm is not None else 0.8)
+
+    def verify(cands: list[int]) -> pd.DataFrame:
+        return verify_steps(st.spec, cands, pass_, rounds=verify_rounds, device=st.dev, threads=st.threads,
+                            dtype=dtype, channels_last=channels_last, method=st.method, beta=st.beta,
+                            frozen=st.frozen, min_run_time=min_run_time, cache=st.store, session=session,
+                            early=early, min_step=min_step)
+
     try:
-        if found is not None and not todo and all(st.have(c, 1) and st.have(c + 1, 1) for c in found):
+        verified = None
+        if found is not None and not todo and all(st.have(c, 1) for c in found):
             steps = found
+            if verify_rounds:
+                verified = verify(tried or [])
         else:
-            steps = _search(session, cached_ratio, coarse, todo, repeats, orders, rng, refine, substantial, pass_)
+            val = _coarse_values(session, cached_ratio, coarse, todo, repeats, orders, rng, pass_)
+            picks = _picks(val, coarse, refine, substantial)
+
+            def probe(r: int) -> float:
+                if r not in val:
+                    c = cached_ratio(r, 1)
+                    if c is None:
+                        session().measure(repeats, r)
+                        c = session().ratio(r, pass_)
+                    val[r] = c
+                return val[r]
+
+            if verify_rounds:
+                steps, tables = _locate_verified(picks, val, probe, verify, ok_at, min_step,
+                                                 sequential=confirm is not None)
+                tried = [int(c) for t in tables for c in t["candidate"]]
+                verified = (pd.concat(tables, ignore_index=True).sort_values("candidate", ascending=False)
+                            .reset_index(drop=True) if tables else verify([]))
+            else:
+                steps, tried = [_bisect(val, probe, lo, hi) for _, lo, hi in picks], []
+            for c in steps:  # Algorithm 1 reads the chosen rank's time off the curve
+                probe(c)
             if st.store is not None:
                 st.store.add([{"method": tag, "rank": c, "r2": i, "pass": pass_, "median_s": 0.0, "n": repeats}
-                              for i, c in enumerate(steps or [0])], st.keys)
-        verified = None
-        if verify_rounds:  # one step at a time (largest coarse drop first) until one is confirmed
-            tables = []
-            for group in ([[c] for c in steps] if confirm is not None else [steps]) or [[]]:
-                v = verify_steps(st.spec, group, pass_, rounds=verify_rounds, device=st.dev, threads=st.threads,
-                                 dtype=dtype, channels_last=channels_last, method=st.method, beta=st.beta,
-                                 frozen=st.frozen, min_run_time=min_run_time, cache=st.store, session=session)
-                tables.append(v)
-                if confirm is not None and ((v["faster"] >= confirm) & (v["ratio"] < 1)).any():
-                    break
-            verified = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+                              for i, c in enumerate(steps or [0])]
+                             + [{"method": tag, "rank": c, "r2": 1000 + i, "pass": pass_, "median_s": 0.0,
+                                 "n": repeats} for i, c in enumerate(tried) if c not in steps], st.keys)
         if sess:
             measured = sess[0].close(repeats)
     finally:
@@ -182,140 +219,87 @@ def staircase_sweep(
     return df
 
 
-def _search(session, cached_ratio, coarse, todo, repeats, orders, rng, refine, substantial, pass_) -> list[int]:
-    """Steps 1-3 of :func:`staircase_sweep`: time the coarse grid, bisect the largest drops."""
+def _coarse_values(session, cached_ratio, coarse, todo, repeats, orders, rng, pass_) -> dict[int, float]:
+    """Step 1 of :func:`staircase_sweep`: the coarse grid's reference-normalised times."""
     for k in range(repeats if todo else 0):
         if k:
             session().reference(k)
         for r in _order(todo, orders[k % len(orders)], rng):
             session().measure(k, r)
-    val = {r: (session().ratio(r, pass_) if r in todo else cached_ratio(r, repeats)) for r in coarse}
+    return {r: (session().ratio(r, pass_) if r in todo else cached_ratio(r, repeats)) for r in coarse}
 
-    def probe(r: int) -> float:
-        if r not in val:
-            c = cached_ratio(r, 1)
-            if c is None:
-                session().measure(repeats, r)
-                c = session().ratio(r, pass_)
-            val[r] = c
-        return val[r]
 
+def _picks(val: dict[int, float], coarse: Sequence[int], refine: int, substantial: float) -> list[tuple]:
+    """Step 2: the largest coarse drop ``(drop, lo, hi)``, then the highest-rank drops of at least
+    ``substantial`` x the largest, ``refine`` in all. On a device with many near-equal steps (this
+    CPU: one per multiple of 16) noise decides which is largest, and the highest of them loses the
+    least accuracy (Algorithm 1's ties, ``tie_tol``)."""
     asc = sorted(coarse)
     drops = sorted(((val[hi] - val[lo], lo, hi) for lo, hi in zip(asc, asc[1:])), reverse=True)
     drops = [x for x in drops if x[0] > 0]
-    # the largest drop, then the highest-rank drops of at least `substantial` x the largest: on a
-    # device with many near-equal steps (this CPU: one per multiple of 16) noise decides which is
-    # largest, and the highest of them loses the least accuracy (Algorithm 1's ties, tie_tol)
     pick = drops[:1] + sorted((x for x in drops[1:] if x[0] >= substantial * drops[0][0]), key=lambda x: -x[2])
+    return pick[:refine]
+
+
+def _bisect(val: dict[int, float], probe: Callable[[int], float], lo: int, hi: int, a: int | None = None,
+            b: int | None = None) -> int:
+    """Step 3 without paired checks: the single-rank step inside the coarse drop ``lo -> hi`` from
+    single probes - ``lo + 1`` (a tile-aligned grid puts the step at ``lo``), then ``hi - 1`` (just
+    below the upper grid rank), then bisection: a rank nearer ``t(hi)`` than ``t(lo)`` is above
+    the step. ``a``/``b``: ranks already known to be below/above the step."""
+    mid = (val[lo] + val[hi]) / 2
+    a, b = (lo if a is None else a), (hi if b is None else b)  # invariant: a below the step, b above
+    if a == lo and b - a > 1:
+        if probe(lo + 1) > mid:
+            b = lo + 1
+        else:
+            a = lo + 1
+    if b == hi and b - a > 1:
+        if probe(hi - 1) <= mid:
+            a = hi - 1
+        else:
+            b = hi - 1
+    while b - a > 1:
+        m = (a + b) // 2
+        if probe(m) > mid:
+            b = m
+        else:
+            a = m
+    return a
+
+
+def _locate_verified(picks, val, probe, verify, ok_at: float, min_step: float,
+                     sequential: bool) -> tuple[list[int], list]:
+    """Step 3 with paired checks (:func:`staircase_sweep` with ``verify_rounds``): for each coarse
+    drop ``lo -> hi``, the tile boundary ``lo + 1 -> lo`` is tested first with paired rounds
+    (:func:`verify_steps`), so a single noisy probe (a 7-10% step against ~5% noise per
+    measurement on this CPU) cannot send the search elsewhere; only if it is rejected is the drop
+    located with single probes (:func:`_bisect`: ``hi - 1``, then bisection) and the rank found
+    verified. Returns the located steps (one per drop) and the verification tables."""
     steps: list[int] = []
-    for d, lo, hi in pick[:refine]:
-        mid = (val[lo] + val[hi]) / 2
-        a, b = lo, hi  # invariant: a on the low side of the step, b on the high side
-        if b - a > 1:
-            if probe(lo + 1) > mid:
-                b = lo + 1
-            else:
-                a = lo + 1
-            while b - a > 1:
-                m = (a + b) // 2
-                if probe(m) > mid:
-                    b = m
-                else:
-                    a = m
-        steps.append(a)
-    return steps
+    tables: list[pd.DataFrame] = []
 
+    def ok(v: pd.DataFrame) -> bool:
+        return bool(((v["faster"] >= ok_at) & (v["ratio"] < 1 - min_step) & (v["ratio"] < 1)).any())
 
-def verify_steps(
-    spec: LayerSpec,
-    candidates: Sequence[int],
-    pass_: str = "train",
-    rounds: int = 5,
-    device: str | torch.device = "auto",
-    threads: int | None = None,
-    dtype: torch.dtype = torch.float32,
-    channels_last: bool = False,
-    method: str | None = None,
-    beta: float | None = None,
-    frozen: Sequence[str] = (),
-    min_run_time: float = 0.01,
-    cache: Any = None,
-    progress: bool = False,
-    session: Callable[[], _Session] | None = None,
-) -> pd.DataFrame:
-    """Check candidate steps ``c + 1 -> c`` of a sweep curve with paired, interleaved timings.
-
-    A sweep measures each rank a few times; a step seen there may be one slow measurement. Here
-    every candidate ``c`` and its upper neighbour ``c + 1`` are timed round-robin with
-    :func:`interleaved` (all pairs in one rotation, ``rounds`` rounds) and the per-round ratio
-    ``t(c) / t(c + 1)`` is reported: a real step has every round's ratio below 1.
-
-    Returns:
-        One row per candidate: ``candidate``, ``above`` (= c + 1), ``ratio`` (median over rounds),
-        ``ratio_min``, ``ratio_max``, ``drop_rel`` (``1 - ratio``), ``rounds``, ``faster`` (fraction
-        of rounds with ``ratio < 1``), ``cached``.
-        Cached (like sweeps) under the sweep key with method ``"<method>-step"``.
-        ``session``: a function returning the open measuring session of :func:`staircase_sweep`, whose
-        runners are then used (called only if something needs timing).
-    """
-    from .cache import as_cache, timing_key
-
-    _check_pass(pass_)
-    method = method or spec.method
-    if beta is None:
-        beta = spec.ranks[1] / spec.ranks[0] if method == "tucker2" and len(spec.ranks) == 2 else 1.0
-    dev = resolve_device(device)
-    threads = int(threads or torch.get_num_threads())
-    frozen = tuple(frozen)
-    store = as_cache(cache)
-    key = timing_key(_device_name(dev), dtype, pass_, spec.signature, channels_last, threads, frozen)
-    tag = f"{method}-step"
-    have = {}
-    if store is not None:
-        have = {int(r["rank"]): r for r in store.lookup(key) if r["method"] == tag and r["n"] >= rounds}
-    cands = sorted({int(c) for c in candidates}, reverse=True)
-    todo = [c for c in cands if c not in have]
-    rows = []
-    if todo:
-        old_threads = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            pool = [torch.randn(1)]
-            need = sorted({*todo, *(c + 1 for c in todo)})
-            if session is not None:  # runners already built and warm
-                sess = session()
-                run = {r: sess._runner(r, pass_) for r in need}
-                number = sess.number[pass_]
-                warm = all((r, pass_) in sess.seen for r in need)
-            else:
-                mods = {r: _module(spec, method, r, beta, frozen, pool) for r in need}
-                run = {r: make_runner(m, spec.input_shape, pass_, dev, dtype, channels_last) for r, m in mods.items()}
-                est = time_callable(run[max(run)], dev, mode="fixed", number=1, threads=threads)["median_s"]
-                number, warm = _calls_for(est, min_run_time), True
-            df = interleaved({str(r): f for r, f in run.items()}, rounds=rounds, device=dev, threads=threads,
-                             progress=progress, mode="fixed", number=number, warmup=0 if warm else 1)
-        finally:
-            torch.set_num_threads(old_threads)
-        wide = df.pivot_table(index="round", columns="variant", values="median_s")
-        for c in todo:
-            q = (wide[str(c)] / wide[str(c + 1)]).to_numpy()
-            rows.append({"method": tag, "rank": c, "r2": c + 1, "pass": pass_, "median_s": float(np.median(q)),
-                         "min_s": float(q.min()), "max_s": float(q.max()), "n": int(len(q)), "number": number,
-                         "times_s": ";".join(f"{x:.6g}" for x in q)})
-        if store is not None:
-            store.add(rows, {pass_: key})
-    out = [dict(r, cached=False) for r in rows] + [dict(have[c], cached=True) for c in cands if c in have]
-    res = pd.DataFrame([{"candidate": int(r["rank"]), "above": int(r["rank"]) + 1, "ratio": float(r["median_s"]),
-                         "ratio_min": float(r["min_s"]), "ratio_max": float(r["max_s"]),
-                         "drop_rel": 1.0 - float(r["median_s"]), "rounds": int(r["n"]),
-                         "faster": _frac_below_one(r.get("times_s"), float(r["max_s"])), "cached": r["cached"]}
-                        for r in out], columns=["candidate", "above", "ratio", "ratio_min", "ratio_max", "drop_rel",
-                                                "rounds", "faster", "cached"])
-    return res.sort_values("candidate", ascending=False).reset_index(drop=True)
-
-
-def _frac_below_one(per_round: Any, ratio_max: float) -> float:
-    vals = [float(x) for x in str(per_round or "").split(";") if x and x != "nan"]
-    if not vals:
-        return float(ratio_max < 1.0)
-    return float(np.mean(np.asarray(vals) < 1.0))
+    for _, lo, hi in picks:
+        tried: list[int] = []
+        c_ok = None
+        if lo not in steps:
+            v = verify([lo])
+            tables.append(v)
+            tried.append(lo)
+            if ok(v):
+                c_ok = lo
+        if c_ok is None and hi - lo > 1:  # not at the boundary: locate with single probes
+            c = _bisect(val, probe, lo, hi, a=lo + 1)
+            if c not in tried and c not in steps:
+                v = verify([c])
+                tables.append(v)
+                c_ok = c if ok(v) else None
+            if c_ok is None:
+                c_ok = c
+        steps.append(tried[0] if c_ok is None else c_ok)
+        if sequential and ok(tables[-1]):
+            break
+    return steps, tables

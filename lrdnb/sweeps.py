@@ -115,11 +115,14 @@ class _Session:
         self.seen: set[tuple[int, str]] = set()
         self.seq: list[tuple[int, int, str, float]] = []  # (repeat, rank, pass, seconds), measurement order
         self.since_ref = 0
-        # calls per measurement, once per pass type, from the largest (slowest) variant
+        # calls per measurement, once per pass type, from the largest (slowest) variant: its first,
+        # cold call (kernel creation included) is both the warm-up and the estimate (an overestimate,
+        # so a measurement is at most ~min_run_time long; a warm-up + a timed call cost 2 calls)
         self.number = {}
         for p in self.passes:
             probe = [self._runner(0, p)] + ([self._runner(size_rank, p)] if size_rank else [])
-            est = max(time_callable(f, dev, mode="fixed", number=1, threads=threads)["median_s"] for f in probe)
+            est = max(time_callable(f, dev, mode="fixed", number=1, threads=threads, warmup=0)["median_s"]
+                      for f in probe)
             self.number[p] = _calls_for(est, min_run_time)
             self.seen.update({(0, p), (size_rank, p)})  # the probes were their warm-up
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import lrdnb
-from lrdnb import steps, sweeps
+from lrdnb import pairs, steps, sweeps
 from lrdnb.cache import TimingCache
 from lrdnb.plan import LayerSpec
 from lrdnb.rankopt import algorithm1, optimize_ranks, rank_range
@@ -58,7 +58,7 @@ def fake_device(monkeypatch):
 
     monkeypatch.setattr(sweeps._Session, "__init__", init)
     monkeypatch.setattr(sweeps._Session, "_time", fake_time)
-    monkeypatch.setattr(steps, "interleaved", fake_interleaved)
+    monkeypatch.setattr(pairs, "interleaved", fake_interleaved)
     return log
 
 
@@ -85,14 +85,46 @@ def test_staircase_locates_steps_off_grid(fake_device, grid):
     assert np.allclose(d["norm_s"] / d["ref_s"], [stair_time(r) / 10.0 for r in d["rank"]])
 
 
+def test_staircase_finds_step_below_grid_rank_in_two_probes(fake_device, monkeypatch):
+    # one step between 31 and 32 (just below the grid rank 32): probes lo + 1 = 25, then hi - 1 = 31
+    at = {31: 0.4}
+    monkeypatch.setattr(sweeps._Session, "_time", lambda self, k, r, p: (
+        self.seen.add((r, p)), self.seq.append((k, r, p, stair_time(r, at))), fake_device["measured"].append(r)))
+    df = steps.staircase_sweep(spec(), ranks=list(range(45, 9, -1)), pass_="train", grid=8, refine=1, repeats=1,
+                               **FAST)
+    assert df.attrs["steps"] == [31]
+    coarse = set(df.attrs["coarse"])
+    assert [r for r in fake_device["measured"] if r and r not in coarse] == [25, 31]
+
+
+def test_staircase_tests_tile_boundary_in_pairs_not_single_probes(fake_device, monkeypatch):
+    # a step at the grid rank 32 (33 -> 32); single measurements of 33 read 20% low (noise): a
+    # probe would put 33 below the step, paired re-timing does not (and no probe is taken)
+    at = {32: 0.3}
+    monkeypatch.setattr(sweeps._Session, "_time", lambda self, k, r, p: (
+        self.seen.add((r, p)), self.seq.append((k, r, p, stair_time(r, at) * (0.8 if r == 33 else 1.0))),
+        fake_device["measured"].append(r)))
+    monkeypatch.setattr(pairs, "interleaved", lambda variants, rounds=1, **kw: pd.DataFrame(
+        [{"round": k, "position": i, "variant": v, "median_s": stair_time(int(v), at)}
+         for k in range(rounds) for i, v in enumerate(variants)]))
+    df = steps.staircase_sweep(spec(), ranks=list(range(45, 9, -1)), pass_="train", grid=8, refine=1, repeats=1,
+                               verify_rounds=3, early=0.8, min_step=0.02, **FAST)
+    assert df.attrs["steps"] == [32]
+    assert df.attrs["verified"]["candidate"].tolist() == [32]
+    assert set(fake_device["measured"]) - {0} <= set(df.attrs["coarse"])  # no single-rank probe
+
+
 def test_staircase_cache_replays_without_timing(fake_device, tmp_path):
     cache = TimingCache(tmp_path)
     kw = dict(ranks=list(range(45, 9, -1)), pass_="train", grid=8, refine=2, repeats=2, verify_rounds=3,
-              confirm=0.8, cache=cache, **FAST)
+              confirm=0.8, min_step=0.02, cache=cache, **FAST)
     a = steps.staircase_sweep(spec(), **kw)
     n_sessions, n_verified = fake_device["sessions"], len(fake_device["verified"])
-    assert n_sessions == 1 and n_verified == 1  # sequential verification: the first step confirmed, stop
-    assert list(a.attrs["verified"]["candidate"]) == [37]
+    # the largest coarse drop 32 -> 40: its tile boundary 33 -> 32 is tested in pairs first (the
+    # slope alone, < min_step: rejected), then located by probes at 37 and verified (one call per
+    # round); sequential: the first confirmed step ends the search
+    assert n_sessions == 1 and fake_device["verified"] == [[32, 33]] * 3 + [[37, 38]] * 3
+    assert list(a.attrs["verified"]["candidate"]) == [37, 32] and a.attrs["steps"] == [37]
     b = steps.staircase_sweep(spec(), **{**kw, "cache": TimingCache(tmp_path)})
     assert fake_device["sessions"] == n_sessions and len(fake_device["verified"]) == n_verified  # nothing timed
     assert b.attrs["steps"] == a.attrs["steps"] and b["cached"].all()
@@ -107,20 +139,48 @@ def test_staircase_verifies_next_step_when_first_not_confirmed(fake_device, monk
 
     def half_confirmed(variants, rounds=5, **kw):  # the first pair only seen in 2 of 5 rounds
         calls.append(sorted(int(v) for v in variants))
-        first = len(calls) == 1
+        slow = sum(37 in c for c in calls) > 2  # rank 37 from its third round on
         return pd.DataFrame([{"round": k, "position": i, "variant": v,
-                              "median_s": stair_time(int(v)) * (1.5 if first and k >= 2 and int(v) == 37 else 1.0)}
+                              "median_s": stair_time(int(v)) * (1.5 if slow and int(v) == 37 else 1.0)}
                              for k in range(rounds) for i, v in enumerate(variants)])
 
-    monkeypatch.setattr(steps, "interleaved", half_confirmed)
+    monkeypatch.setattr(pairs, "interleaved", half_confirmed)
     df = steps.staircase_sweep(spec(), ranks=list(range(45, 9, -1)), pass_="train", grid=8, refine=2,
-                               verify_rounds=5, confirm=0.8, **FAST)
+                               verify_rounds=5, confirm=0.8, min_step=0.02, **FAST)
     v = df.attrs["verified"].set_index("candidate")
-    assert len(calls) == 2 and calls[0] == [37, 38]
-    assert calls[1] == [27, 28] and v.loc[37, "faster"] == pytest.approx(0.4) and v.loc[27, "faster"] == 1.0
+    # each coarse drop: the tile boundary in pairs (slope only: rejected), then the rank the probes
+    # find; no early stop asked: all rounds
+    assert calls == [[32, 33]] * 5 + [[37, 38]] * 5 + [[24, 25]] * 5 + [[27, 28]] * 5
+    assert df.attrs["steps"] == [37, 27] and v.loc[37, "faster"] == pytest.approx(0.4) and v.loc[27, "faster"] == 1.0
     r, why = algorithm1(df[df.method == "tucker2"]["rank"], df[df.method == "tucker2"]["norm_s"], 10.0,
                         verified=df.attrs["verified"])
     assert r == 27 and "28->27" in why
+
+
+@pytest.mark.parametrize("unanimous, rounds_step", [(3, 3), (None, 5)])
+def test_verify_steps_stops_when_settled(fake_device, monkeypatch, unanimous, rounds_step):
+    # 38 -> 37 is a step (faster in every round); 31 -> 30 goes the wrong way (slower in every round)
+    times = {30: 1.2, 31: 1.1}
+
+    def fake(variants, rounds=1, **kw):
+        fake_device["verified"].append(sorted(int(v) for v in variants))
+        return pd.DataFrame([{"round": k, "position": i, "variant": v,
+                              "median_s": times.get(int(v), stair_time(int(v)))}
+                             for k in range(rounds) for i, v in enumerate(variants)])
+
+    monkeypatch.setattr(pairs, "interleaved", fake)
+    v = steps.verify_steps(spec(), [37, 30], "train", rounds=5, early=0.8, unanimous=unanimous, **FAST)
+    full = steps.verify_steps(spec(), [37, 30], "train", rounds=5, **FAST)
+    v = v.set_index("candidate")
+    assert v.loc[37, "rounds"] == rounds_step and v.loc[37, "faster"] == 1.0  # confirmed: all rounds unless unanimous
+    assert v.loc[30, "rounds"] == 2 and v.loc[30, "faster"] == 0.0  # rejected at 2 slower rounds
+    assert full.set_index("candidate")["rounds"].tolist() == [5, 5]
+    # the verdicts (what algorithm1 counts) are those of all five rounds
+    for c in (37, 30):
+        f = full.set_index("candidate").loc[c]
+        assert (v.loc[c, "faster"] >= 0.8 and v.loc[c, "ratio"] < 1) == (f["faster"] >= 0.8 and f["ratio"] < 1)
+    with pytest.raises(ValueError, match="early"):
+        steps.verify_steps(spec(), [37], "train", early=1.5, **FAST)
 
 
 def test_staircase_flat_curve_has_no_steps(fake_device, monkeypatch):
@@ -150,7 +210,7 @@ def test_staircase_and_exhaustive_choose_the_same_rank(fake_device, monkeypatch,
 
     monkeypatch.setattr(sweeps._Session, "_time",
                         lambda self, k, r, p: (self.seen.add((r, p)), self.seq.append((k, r, p, t(r)))))
-    monkeypatch.setattr(steps, "interleaved", lambda variants, rounds=5, **kw: pd.DataFrame(
+    monkeypatch.setattr(pairs, "interleaved", lambda variants, rounds=5, **kw: pd.DataFrame(
         [{"round": k, "variant": v, "median_s": t(int(v))} for k in range(rounds) for v in variants]))
     torch.manual_seed(0)
     m, x = Net(), torch.randn(2, 128, 4, 4)

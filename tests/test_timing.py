@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrdnb import steps, sweeps
+from lrdnb import pairs, steps, sweeps
 from lrdnb.cache import TimingCache, as_cache, timing_key
 from lrdnb.layers import Tucker2Conv2d
 from lrdnb.plan import LayerSpec
@@ -220,7 +220,7 @@ def test_verify_steps_table_and_cache(tmp_path, monkeypatch):
     assert (v["rounds"] == 3).all() and not v["cached"].any() and v["faster"].between(0, 1).all()
     assert (v["ratio_min"] <= v["ratio"]).all() and (v["ratio"] <= v["ratio_max"]).all()
     assert np.allclose(v["drop_rel"], 1 - v["ratio"])
-    monkeypatch.setattr(steps, "interleaved", lambda *a, **k: pytest.fail("re-timed a cached step"))
+    monkeypatch.setattr(pairs, "interleaved", lambda *a, **k: pytest.fail("re-timed a cached step"))
     again = steps.verify_steps(tiny_conv(), [4, 6], "train", rounds=3, device="cpu", threads=1, cache=cache)
     assert again["cached"].all() and np.allclose(again["ratio"], v["ratio"])
     assert np.allclose(again.set_index("candidate")["faster"], v.set_index("candidate")["faster"])

@@ -79,7 +79,7 @@ def step_time_vs_rank(
         sweeps: independent sweeps (different seeds and visit orders) to show the choice's stability.
         variant, smooth, multiple, tie_tol: Algorithm 1's options (:func:`lrdnb.rankopt.algorithm1`).
         verify_top, verify_rounds: re-time each sweep's best candidate steps in interleaved pairs
-            (:func:`lrdnb.steps.verify_steps`); ``0``: Algorithm 1 on the sweep alone.
+            (:func:`lrdnb.pairs.verify_steps`); ``0``: Algorithm 1 on the sweep alone.
 
     Returns:
         ``(curves, choices)``: the sweep rows with a ``sweep`` column (0, 1, ...), rows sorted by
