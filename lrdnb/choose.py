@@ -184,7 +184,8 @@ def algorithm1(
         if multiple:
             v = v[v["candidate"] % int(multiple) == 0]
         cand = v.rename(columns={"drop_rel": "score"})
-        why_none = f"no step confirmed by paired re-timing of {sorted(verified['candidate'].tolist())}; top rank kept"
+        why_none = (f"no step confirmed by paired re-timing of {sorted(verified['candidate'].tolist())}"
+                    + (f" with a drop of at least {min_drop:.0%}" if min_drop else "") + "; top rank kept")
     else:
         cand = st[st["valid"]]
         why_none = f"no drop of at least {min_drop:.0%} among candidates; top rank kept"

@@ -295,3 +295,17 @@ def test_algorithm1_confirm_tolerates_one_disturbed_round():
     assert algorithm1(ranks, t, 10.0, verified=v)[0] == 288  # 4 of 5 rounds saw the step
     assert algorithm1(ranks, t, 10.0, verified=v, confirm=1.0)[0] == max(ranks)
     assert algorithm1(ranks, t, 10.0, verified=v.assign(faster=0.6))[0] == max(ranks)
+
+
+def test_algorithm1_min_drop_applies_to_verified_steps():
+    ranks = list(range(280, 310))
+    t = staircase(ranks)
+    # 309 -> 308 seen faster in every round, but by 1.2%: the FLOP slope, not a step
+    v = pd.DataFrame({"candidate": [308, 288], "above": [309, 289], "ratio": [0.988, 0.93], "ratio_min": [0.97, 0.9],
+                      "ratio_max": [0.995, 0.96], "drop_rel": [0.012, 0.07], "faster": [1.0, 1.0]})
+    alone = v[v.candidate == 308]
+    assert algorithm1(ranks, t, 10.0, verified=alone)[0] == 308  # min_drop 0: any confirmed drop counts
+    r, why = algorithm1(ranks, t, 10.0, verified=alone, min_drop=0.02)
+    assert r == max(ranks) and "no step confirmed" in why
+    r, why = algorithm1(ranks, t, 10.0, verified=v, min_drop=0.02)
+    assert r == 288 and "289->288" in why
