@@ -225,3 +225,16 @@ def test_profiler_chatter_is_dropped_other_stderr_kept(capfd):
     assert "a real warning" in err and "profiler_start" not in err and "gpuGetDeviceCount" not in err
     T.flop_time_share(lambda: torch.randn(8).sin(), calls=1)
     assert "profiler_start" not in capfd.readouterr().err
+
+
+def test_op_time_breakdown_categories():
+    torch.set_num_threads(1)
+    net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+    x = torch.randn(4, 16, 16, 16)
+    df = T.op_time_breakdown(lambda: net(x).sum().backward(), calls=2)
+    assert df["share"].sum() == pytest.approx(1.0) and (df["seconds"] >= 0).all()
+    cats = set(df["category"])
+    assert {"flop", "batchnorm", "activation"} <= cats
+    assert list(df["seconds"]) == sorted(df["seconds"], reverse=True)
+    flop = float(df.loc[df["category"] == "flop", "share"].iloc[0])
+    assert flop == pytest.approx(T.flop_time_share(lambda: net(x).sum().backward(), calls=2), abs=0.15)

@@ -13,14 +13,9 @@
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import re
-import sys
-import tempfile
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,10 +30,11 @@ from ..paper import METHOD_LABELS, table1 as paper_table1
 from ..provenance import provenance, resolve_device
 from ..timing import interleaved, make_runner, paired_ratios
 from .decomposition_time import decomposition_time_table, side_by_side_time
+from .optime import FLOP_OPS, _quiet_kineto, flop_time_share, op_time_breakdown  # noqa: F401 (re-exported: tests, users)
 from .variants import METHODS, build_variants
 
 __all__ = ["PASSES", "count_flops", "throughput_table", "decomposition_time_table", "side_by_side", "check_targets",
-           "sign_test", "pass_summary", "side_by_side_time", "flop_time_share", "amdahl", "FLOP_OPS"]
+           "sign_test", "pass_summary", "side_by_side_time", "flop_time_share", "op_time_breakdown", "amdahl", "FLOP_OPS"]
 
 #: ``train`` = forward + backward + SGD momentum step (frozen factors get no gradient);
 #: ``infer`` = forward in eval mode under ``torch.no_grad``.
@@ -99,55 +95,6 @@ def pass_summary(raw: pd.DataFrame, batch: int, reference: str = "original", pas
         out[f"{pass_}_vs_lrd_wins"] = (wide.lt(wide["lrd"], axis=0)).sum()
     out[f"{pass_}_rounds"] = q["rounds"]
     return out.rename_axis("variant").reset_index()
-
-
-#: ops whose work FlopCounterMode counts (convolutions and matrix products, forward and backward)
-FLOP_OPS = re.compile(r"conv|^aten::(mm|addmm|bmm|baddbmm|matmul|linear)$")
-
-
-#: what Kineto, the profiler's C++ backend, writes to stderr on every profile of a CUDA build
-#: running without a GPU (start/stop markers, a failed device count)
-_KINETO_CHATTER = re.compile(r"^(USDT|STAGE):.*(profiler_start|profiler_stop|Completed Stage)|gpuGetDeviceCount failed")
-
-
-@contextlib.contextmanager
-def _quiet_kineto():
-    """Hold the process's stderr (file descriptor 2) in a temporary file while profiling and
-    pass on every line that is not :data:`_KINETO_CHATTER`."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            kept = [ln for ln in tmp.read().decode(errors="replace").splitlines() if not _KINETO_CHATTER.search(ln)]
-            if kept:
-                print("\n".join(kept), file=sys.stderr)
-
-
-def flop_time_share(fn: Callable[[], Any], calls: int = 3) -> float:
-    """Fraction of ``fn()``'s CPU time spent in the ops FLOPs count (:data:`FLOP_OPS`).
-
-    Measured with ``torch.profiler`` (self CPU time per op, ``calls`` calls after one warm-up).
-    The rest - BatchNorm, activations, additions, pooling, the optimizer step, dispatch - does
-    not shrink when a layer is decomposed, so a FLOP-predicted speed-up ``p`` can at best become
-    the Amdahl bound ``1 / ((1 - f) + f / p)`` (:func:`amdahl`).
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    with _quiet_kineto(), profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(calls):
-            fn()
-    ev = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in ev)
-    flop = sum(e.self_cpu_time_total for e in ev if FLOP_OPS.search(e.key))
-    return float(flop / total) if total > 0 else float("nan")
 
 
 def amdahl(share: float, flop_speedup: float) -> float:
