@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["VARIANTS", "SMOOTHERS", "step_table", "top_candidates", "algorithm1", "curve_steps", "joint_select"]
+__all__ = ["VARIANTS", "SMOOTHERS", "step_table", "top_candidates", "algorithm1", "confirmed", "curve_steps", "joint_select"]
 
 VARIANTS = ("paper", "relative")
 SMOOTHERS = (None, "median3", "median5", "consistent")
@@ -110,6 +110,20 @@ def top_candidates(
     return out
 
 
+def confirmed(verified: pd.DataFrame, confirm: float = 0.8, min_drop: float = 0.0) -> pd.Series:
+    """Which rows of a :func:`lrdnb.pairs.verify_steps` table are confirmed steps: seen faster in
+    at least ``confirm`` of the rounds (tables without ``faster``: in all of them), median ratio
+    below 1 and a drop of at least ``min_drop``.
+
+    Example:
+        >>> v = pd.DataFrame({"ratio": [0.9, 0.99, 0.9], "faster": [1.0, 1.0, 0.6]})
+        >>> confirmed(v, 0.8, min_drop=0.02).tolist()
+        [True, False, False]
+    """
+    faster = verified["faster"] if "faster" in verified else (verified["ratio_max"] < 1.0).astype(float)
+    return (faster >= confirm) & (verified["ratio"] < 1.0) & (verified["ratio"] <= 1.0 - min_drop)
+
+
 def algorithm1(
     ranks: Sequence[int],
     times: Sequence[float] | np.ndarray,
@@ -179,8 +193,7 @@ def algorithm1(
                                  else "", f"ties {tie_tol:g}" if tie_tol else "") if x)
     tag = f"Algorithm 1 ({variant}{', ' + opts if opts else ''})"
     if verified is not None:
-        faster = verified["faster"] if "faster" in verified else (verified["ratio_max"] < 1.0).astype(float)
-        v = verified[(faster >= confirm) & (verified["ratio"] < 1.0) & (verified["ratio"] <= 1.0 - min_drop)]
+        v = verified[confirmed(verified, confirm, min_drop)]
         if multiple:
             v = v[v["candidate"] % int(multiple) == 0]
         cand = v.rename(columns={"drop_rel": "score"})

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from .plan import LayerSpec
+from .choose import confirmed
 from .pairs import verify_steps
 from .sweeps import ORDERS, _order, _Session, _Setup
 
@@ -280,7 +281,7 @@ def _locate_verified(picks, val, probe, verify, ok_at: float, min_step: float,
     tables: list[pd.DataFrame] = []
 
     def ok(v: pd.DataFrame) -> bool:
-        return bool(((v["faster"] >= ok_at) & (v["ratio"] < 1 - min_step) & (v["ratio"] < 1)).any())
+        return bool(confirmed(v, ok_at, min_step).any())
 
     for _, lo, hi in picks:
         tried: list[int] = []

@@ -21,7 +21,6 @@ part of the cache key).
 """
 from __future__ import annotations
 
-import weakref
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -44,19 +43,6 @@ __all__ = [
 #: ``forward`` (no grad), ``train`` (forward + backward), ``step`` (train + SGD momentum update).
 PASSES = ("forward", "train", "step")
 _MODES = ("blocked", "adaptive", "fixed")
-# one Timer per (callable, threads): a Timer compiles its statement when made (~0.5 ms, as much as
-# a small layer's call), and sweeps measure the same runner many times
-_TIMERS: "weakref.WeakKeyDictionary[Callable, dict[int, benchmark.Timer]]" = weakref.WeakKeyDictionary()
-
-
-def _timer(fn: Callable[[], Any], threads: int) -> benchmark.Timer:
-    try:
-        per = _TIMERS.setdefault(fn, {})
-    except TypeError:  # not weak-referenceable (a builtin): no reuse
-        per = {}
-    if threads not in per:
-        per[threads] = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    return per[threads]
 
 
 def _check_pass(pass_: str) -> None:
@@ -172,7 +158,8 @@ def time_callable(
     if mode not in _MODES:
         raise ValueError(f"unknown timing mode {mode!r}; valid: {list(_MODES)}")
     resolve_device(device)  # validates
-    timer = _timer(fn, int(threads or torch.get_num_threads()))
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn},
+                            num_threads=threads or torch.get_num_threads())
     if mode == "fixed":
         number = max(1, int(number or 1))
         if hasattr(timer, "_timeit"):  # warm-up of our choosing, then one synchronized block
@@ -187,9 +174,6 @@ def time_callable(
     else:
         m = timer.blocked_autorange(min_run_time=min_run_time)
     t = np.asarray(m.times, dtype=float)
-    if len(t) == 1:  # one block ("fixed"): no spread to compute
-        x = float(t[0])
-        return {"median_s": x, "iqr_s": 0.0, "min_s": x, "max_s": x, "n": int(m.number_per_run)}
     q1, q3 = np.percentile(t, [25, 75])
     return {"median_s": float(np.median(t)), "iqr_s": float(q3 - q1), "min_s": float(t.min()),
             "max_s": float(t.max()), "n": int(len(t) * m.number_per_run)}
