@@ -28,7 +28,7 @@ FLOP_OPS = re.compile(r"conv|^aten::(mm|addmm|bmm|baddbmm|matmul|linear)$")
 OP_CATEGORIES: dict[str, re.Pattern] = {
     "flop": FLOP_OPS,
     "batchnorm": re.compile(r"batch_norm"),
-    "activation": re.compile(r"relu|threshold|gelu|silu|sigmoid|tanh|softmax"),
+    "activation": re.compile(r"relu|threshold|clamp_min|gelu|silu|sigmoid|tanh|softmax"),
     "optimizer": re.compile(r"_foreach_|^Optimizer\.|sgd|adam", re.I),
     "pooling": re.compile(r"pool"),
     "elementwise": re.compile(r"^aten::(add|add_|mul|mul_|div|div_|sub|sub_|copy_|fill_|zero_|zeros_like|ones_like|"
@@ -67,18 +67,13 @@ def flop_time_share(fn: Callable[[], Any], calls: int = 3) -> float:
     Measured with ``torch.profiler`` (self CPU time per op, ``calls`` calls after one warm-up).
     The rest - BatchNorm, activations, additions, pooling, the optimizer step, dispatch - does
     not shrink when a layer is decomposed, so a FLOP-predicted speed-up ``p`` can at best become
-    the Amdahl bound ``1 / ((1 - f) + f / p)`` (:func:`amdahl`).
+    the Amdahl bound ``1 / ((1 - f) + f / p)`` (:func:`lrdnb.experiments.throughput.amdahl`).
+    It is the ``flop`` row of :func:`op_time_breakdown` (0 if there is none).
     """
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    with _quiet_kineto(), profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(calls):
-            fn()
-    ev = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in ev)
-    flop = sum(e.self_cpu_time_total for e in ev if FLOP_OPS.search(e.key))
-    return float(flop / total) if total > 0 else float("nan")
+    df = op_time_breakdown(fn, calls)
+    if not df["seconds"].sum() > 0:
+        return float("nan")
+    return float(df.loc[df["category"] == "flop", "share"].sum())
 
 
 def op_time_breakdown(fn: Callable[[], Any], calls: int = 3) -> pd.DataFrame:
@@ -111,9 +106,8 @@ def op_time_breakdown(fn: Callable[[], Any], calls: int = 3) -> pd.DataFrame:
         rows.append((cat, e.key, e.self_cpu_time_total * 1e-6 / calls))
     df = pd.DataFrame(rows, columns=["category", "op", "seconds"])
     total = df["seconds"].sum()
-    out = (df.groupby("category")
-           .apply(lambda g: pd.Series({"seconds": g["seconds"].sum(),
-                                       "ops": ", ".join(g.nlargest(3, "seconds")["op"])}), include_groups=False)
-           .reset_index())
+    g = df.sort_values("seconds", ascending=False).groupby("category", sort=False)
+    out = pd.DataFrame({"seconds": g["seconds"].sum(), "ops": g["op"].agg(lambda o: ", ".join(o.head(3)))})
+    out = out.rename_axis("category").reset_index()
     out["share"] = out["seconds"] / total if total > 0 else float("nan")
     return out.sort_values("seconds", ascending=False)[["category", "seconds", "share", "ops"]].reset_index(drop=True)
