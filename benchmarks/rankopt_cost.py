@@ -23,6 +23,7 @@ Takes ~1.5 min on a quiet 2-core CPU (+1 min with --exhaustive, +15 s with --fig
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import statistics
 import tempfile
@@ -124,19 +125,23 @@ def fig2_check(device: str, **opt) -> dict:
 
     spec = LayerSpec("fig2", "conv2d", [512, 512, 3, 3], False, [8, 512, 14, 14], output_shape=[8, 512, 14, 14],
                      padding=[1, 1], method="tucker2", ranks=[309, 309])
+    # the settings optimize_ranks uses: its defaults, overridden by the run's options
+    o = {k: p.default for k, p in inspect.signature(optimize_ranks).parameters.items()
+         if p.default is not inspect.Parameter.empty}
+    o.update(opt)
     out = []
     for seed in (0, 1):
         t0 = time.perf_counter()
-        df = staircase_sweep(spec, ranks=rank_range(spec, alpha=2), pass_="train", grid=opt.get("grid", 16),
-                             refine=opt.get("verify_top", 2), verify_rounds=opt.get("verify_rounds", 5),
-                             confirm=opt.get("confirm", 0.8) if opt.get("sequential") else None,
-                             early=opt.get("confirm", 0.8) if opt.get("early_stop", True) else None,
-                             repeats=opt.get("repeats", 2), min_run_time=0.004, reference_every=16, device=device,
-                             seed=seed)
+        df = staircase_sweep(spec, ranks=rank_range(spec, alpha=2), pass_="train", grid=o["grid"],
+                             refine=o["verify_top"], verify_rounds=o["verify_rounds"],
+                             confirm=o["confirm"] if o["sequential"] else None,
+                             early=o["confirm"] if o["early_stop"] else None, min_step=o["min_drop"],
+                             repeats=o["repeats"], min_run_time=o["min_run_time"],
+                             reference_every=o["reference_every"], device=device, seed=seed)
         r, t2, _, T = _curve(df, "train")
-        sm = "consistent" if t2.shape[0] >= 2 else "median3"
-        choice, why = algorithm1(r, t2, T, smooth=sm, verified=df.attrs["verified"], tie_tol=0.03,
-                                 confirm=opt.get("confirm", 0.8))
+        sm = "median3" if o["smooth"] == "consistent" and t2.shape[0] < 2 else o["smooth"]
+        choice, why = algorithm1(r, t2, T, smooth=sm, verified=df.attrs["verified"], tie_tol=o["tie_tol"],
+                                 confirm=o["confirm"], min_drop=o["min_drop"])
         v = df.attrs["verified"]
         out.append({"seed": seed, "seconds": round(time.perf_counter() - t0, 2), "steps": df.attrs["steps"],
                     "ranks_timed": sorted(int(x) for x in df[df.method != "keep"]["rank"]),

@@ -133,27 +133,28 @@ def verify_steps(
 def _paired_rounds(run, todo, rounds, dev, threads, number, warm, progress, early, unanimous, min_step) -> dict:
     """Per-round ratios ``t(c) / t(c + 1)`` of each candidate, rounds run one at a time (rotating
     order, :func:`interleaved`), candidates dropped once settled (:func:`verify_steps`, ``early``)."""
-    need = None if early is None else int(np.ceil(early * rounds - 1e-9))
     from tqdm.auto import tqdm
+
+    need = None if early is None else int(np.ceil(early * rounds - 1e-9))
+
+    def settled(v: list[float]) -> bool:
+        fast = sum(x < 1 for x in v)
+        return (len(v) - fast > rounds - need
+                or bool(unanimous and len(v) >= unanimous and fast == len(v))
+                or bool(min_step and len(v) >= 3 and np.median(v) > 1 - min_step))
 
     q: dict[int, list[float]] = {c: [] for c in todo}
     active = list(todo)
     bar = tqdm(total=rounds, desc="verify steps", unit="round", disable=not progress, leave=False)
     for k in range(rounds):
         ranks = sorted({*active, *(c + 1 for c in active)})
-        names = [str(r) for r in ranks]
-        names = names[k % len(names):] + names[: k % len(names)]
-        df = interleaved({n: run[int(n)] for n in names}, rounds=1, device=dev, threads=threads, progress=False,
+        ranks = ranks[k % len(ranks):] + ranks[: k % len(ranks)]  # rotating order, as interleaved's rounds
+        df = interleaved({str(r): run[r] for r in ranks}, rounds=1, device=dev, threads=threads, progress=False,
                          mode="fixed", number=number, warmup=0 if warm or k else 1)
         t = dict(zip(df["variant"], df["median_s"]))
         for c in active:
             q[c].append(float(t[str(c)] / t[str(c + 1)]))
         if need is not None:
-            def settled(v: list[float]) -> bool:
-                fast = sum(x < 1 for x in v)
-                return (len(v) - fast > rounds - need
-                        or bool(unanimous and len(v) >= unanimous and fast == len(v))
-                        or bool(min_step and len(v) >= 3 and np.median(v) > 1 - min_step))
             active = [c for c in active if not settled(q[c])]
         bar.update()
         if not active:
