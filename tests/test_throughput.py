@@ -163,6 +163,21 @@ def test_throughput_table_structure(table1_small):
     assert set(meta["plans"]["resnet10_cpu"]) == {"lrd", "rank_opt", "freezing", "combined"}
 
 
+def test_throughput_table_fixed_calls_per_measurement():
+    """calls=2: every measurement is one timed block of exactly 2 calls (not blocked_autorange)."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(lrdnb.rankopt, "optimize_ranks", fake_optimize_ranks)
+    try:
+        df, meta = T.throughput_table(["resnet10_cpu"], batch=2, image_size=32, device="cpu", rounds=3,
+                                      methods=["original", "lrd"], passes=("train",), calls=2, progress=False)
+    finally:
+        mp.undo()
+    raw = pd.DataFrame(meta["rounds"])
+    assert len(raw) == 3 * 2 and (raw["n"] == 2).all()
+    assert meta["params"]["calls"] == 2 and meta["params"]["min_run_time"] is None
+    assert (df["train_rounds"] == 3).all() and (df["train_img_s"] > 0).all()
+
+
 def test_side_by_side_and_plot(table1_small):
     df, _ = table1_small
     sbs = T.side_by_side(df)

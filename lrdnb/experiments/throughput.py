@@ -114,7 +114,7 @@ def _gain_fraction(speedup: float, predicted: float) -> float:
 
 def _model_rows(
     name: str, variants: dict, batch: int, image_size: int, dev: torch.device, passes: Sequence[str],
-    rounds: int, min_run_time: float, threads: int | None, channels_last: bool, progress: bool,
+    rounds: int, min_run_time: float, threads: int | None, channels_last: bool, progress: bool, calls: int = 0,
 ) -> tuple[list[dict], list[dict]]:
     shape = (batch, 3, image_size, image_size)
     ref = "original" if "original" in variants else next(iter(variants))
@@ -135,8 +135,8 @@ def _model_rows(
     for p in passes:
         runners = {m: make_runner(v.model, shape, _RUNNER_PASS[p], dev, channels_last=channels_last,
                                   input_requires_grad=False) for m, v in variants.items()}
-        raw = interleaved(runners, rounds=rounds, device=dev, min_run_time=min_run_time, threads=threads,
-                          progress=progress)
+        timing = {"mode": "fixed", "number": calls, "warmup": 1} if calls else {"min_run_time": min_run_time}
+        raw = interleaved(runners, rounds=rounds, device=dev, threads=threads, progress=progress, **timing)
         raw_rows += [{"model": name, "pass": p, **rec} for rec in raw.to_dict("records")]
         summary = pass_summary(raw, batch, ref, p).set_index("variant")
         with set_torch_threads(threads or torch.get_num_threads()):
@@ -169,6 +169,7 @@ def throughput_table(
     combined_freezing: str = "regular",
     weights: str = "none",
     min_run_time: float = 0.3,
+    calls: int = 0,
     channels_last: bool = False,
     num_classes: int = 1000,
     seed: int = 0,
@@ -203,7 +204,12 @@ def throughput_table(
         freezing, combined_freezing: schedules of ``freezing`` / ``combined`` (paper: regular).
         weights: factor weights (``"none"``: architecture only, fastest; speed does not depend
             on the values) or ``"hosvd"`` / ``"hooi"``.
-        min_run_time: seconds per measurement (``Timer.blocked_autorange``).
+        min_run_time: seconds per measurement (``Timer.blocked_autorange``; with ``calls=0``).
+        calls: if > 0, each measurement is one timed block of ``calls`` calls (mode ``"fixed"``
+            of :func:`lrdnb.timing.time_callable`), after one untimed warm-up call per variant
+            before the first round, instead of ``blocked_autorange``. For steps longer than
+            ``min_run_time``, ``blocked_autorange`` spends one untimed call estimating the block
+            size and then times one call, so ``calls=2`` costs the same and times twice as many.
         channels_last: run every variant in the ``channels_last`` memory format (oneDNN's
             preferred layout: on this repository's CPU it trains every variant faster, and the
             decomposed ones most).
@@ -255,7 +261,7 @@ def throughput_table(
         plans[name] = {m: v.plan.summary() for m, v in variants.items() if v.plan is not None}
         del base
         r, raw = _model_rows(name, variants, batch, image_size, dev, passes, rounds, min_run_time, threads,
-                             channels_last, progress)
+                             channels_last, progress, calls)
         rows += r
         raw_rows += raw
         del variants
@@ -267,7 +273,8 @@ def throughput_table(
                       methods=list(methods), rounds=rounds, passes=list(passes), threads=threads,
                       quantize=quantize, optimize_kwargs={k: str(v) for k, v in opt_kwargs.items()},
                       freezing=freezing, combined_freezing=combined_freezing, weights=weights,
-                      min_run_time=min_run_time, channels_last=channels_last, seed=seed)
+                      min_run_time=None if calls else min_run_time, calls=calls or None,
+                      channels_last=channels_last, seed=seed)
     meta.update(build_s=build_s, plans=plans, rounds=raw_rows,
                 units={"img_s": "images/s", "delta_pct": "% vs reference (median of per-round paired ratios)",
                        "gmacs": "GMACs per image (FlopCounterMode FLOPs / 2)"})
