@@ -137,7 +137,8 @@ def fig2_check(device: str, **opt) -> dict:
                              confirm=o["confirm"] if o["sequential"] else None,
                              early=o["confirm"] if o["early_stop"] else None, min_step=o["min_drop"],
                              repeats=o["repeats"], min_run_time=o["min_run_time"],
-                             reference_every=o["reference_every"], device=device, seed=seed)
+                             reference_every=o["reference_every"], channels_last=o["channels_last"],
+                             device=device, seed=seed)
         r, t2, _, T = _curve(df, "train")
         sm = "median3" if o["smooth"] == "consistent" and t2.shape[0] < 2 else o["smooth"]
         choice, why = algorithm1(r, t2, T, smooth=sm, verified=df.attrs["verified"], tie_tol=o["tie_tol"],
@@ -170,12 +171,14 @@ def main() -> None:
     ap.add_argument("--no-early-stop", action="store_true", help="verify every located step for all rounds")
     ap.add_argument("--fast-repeats", type=int, default=0,
                     help="also one cold run per round with this many coarse passes (e.g. 1), for comparison")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="time layers in channels_last (the layout Table 1 trains in); default NCHW")
     ap.add_argument("--out", default="data")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     opt = dict(repeats=a.repeats, sequential=a.sequential, verify_rounds=a.verify_rounds, confirm=a.confirm,
-               early_stop=not a.no_early_stop)
+               early_stop=not a.no_early_stop, channels_last=a.channels_last)
     rows = run(a.model, a.size, a.batch, a.device, a.rounds, a.exhaustive, a.fast_repeats, **opt)
     df = pd.DataFrame(rows)
     meta = provenance(a.device, model=a.model, size=a.size, batch=a.batch, rounds=a.rounds, weights="random",
