@@ -28,7 +28,8 @@ from .choose import SMOOTHERS, VARIANTS, algorithm1, curve_steps, joint_select, 
 from .steps import staircase_sweep, verify_steps
 from .sweeps import per_repeat, sweep
 
-__all__ = ["VARIANTS", "SMOOTHERS", "rank_range", "step_table", "top_candidates", "algorithm1", "curve_steps", "joint_select", "optimize_ranks"]
+__all__ = ["VARIANTS", "SMOOTHERS", "rank_range", "step_table", "top_candidates", "algorithm1", "curve_steps", "joint_select", "optimize_ranks",
+           "runs_channels_last"]
 
 
 
@@ -122,6 +123,28 @@ def _error(weight: torch.Tensor, method: str, rk: Sequence[int], memo: dict) -> 
     return float(table[rk[0], rk[1]] if method == "tucker2" else table[rk[0]])
 
 
+def _is_channels_last(t: Any) -> bool:
+    """A 4-D tensor laid out channels_last (and not also plain contiguous, as 1x1 or C=1 ones are)."""
+    return (isinstance(t, torch.Tensor) and t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
+            and not t.is_contiguous())
+
+
+def runs_channels_last(model: nn.Module, example: Any = None) -> bool:
+    """Whether ``model`` runs in the channels_last memory format: ``example`` (a batch) is
+    channels_last, or a ``Conv2d`` weight with a kernel larger than 1x1 is (what
+    ``model.to(memory_format=torch.channels_last)`` does).
+
+    Example:
+        >>> m = nn.Sequential(nn.Conv2d(3, 8, 3))
+        >>> runs_channels_last(m), runs_channels_last(m.to(memory_format=torch.channels_last))
+        (False, True)
+    """
+    if _is_channels_last(example):
+        return True
+    return any(_is_channels_last(m.weight) for m in model.modules()
+               if isinstance(m, nn.Conv2d) and tuple(m.weight.shape[-2:]) != (1, 1))
+
+
 def optimize_ranks(
     model: nn.Module,
     example: Any,
@@ -151,7 +174,7 @@ def optimize_ranks(
     alpha: float | str | None = "plan",
     threads: int | None = None,
     dtype: torch.dtype | None = None,
-    channels_last: bool = False,
+    channels_last: bool | str = "auto",
     progress: bool = True,
 ) -> Plan:
     """Optimize the ranks of a plan on the device (Algorithm 1 per layer, or jointly).
@@ -198,9 +221,12 @@ def optimize_ranks(
             (:func:`lrdnb.pairs.verify_steps`, ``verify_rounds`` rounds) and let only confirmed
             steps compete; ``0`` with ``search="exhaustive", smooth=None, tie_tol=0, min_drop=0``
             is the paper's Algorithm 1 as is.
-        repeats, orders, min_run_time, reference_every, threads, channels_last: see
-            :func:`lrdnb.sweeps.sweep` (``repeats``: passes over the coarse grid when searching
-            staircases).
+        repeats, orders, min_run_time, reference_every, threads: see :func:`lrdnb.sweeps.sweep`
+            (``repeats``: passes over the coarse grid when searching staircases).
+        channels_last: time the layers in the channels_last memory format; ``"auto"`` (default):
+            when the model runs in it (:func:`runs_channels_last`: the example batch or a conv
+            weight with a spatial kernel is channels_last), so that ranks are chosen for the
+            layout they will train in (the step sizes differ: MEASURING.md).
         alpha: ``"plan"`` (the plan's ratio where its ranks are eq. 5's, else each layer's own
             compression), a number, or ``None`` (each layer's own compression).
         dtype: default: the model's parameter dtype.
@@ -228,6 +254,10 @@ def optimize_ranks(
         raise ValueError("method='joint' needs every rank's time: use search='exhaustive'")
     t_start = time.perf_counter()
     dev = resolve_device(device)
+    if channels_last == "auto":
+        channels_last = runs_channels_last(model, example)
+    elif not isinstance(channels_last, bool):
+        raise ValueError(f"channels_last must be True, False or 'auto', got {channels_last!r}")
     if dtype is None:
         p0 = next(model.parameters(), None)
         dtype = p0.dtype if p0 is not None else torch.float32
@@ -292,6 +322,7 @@ def optimize_ranks(
     meta["rank_optimization"] = {
         "method": method, "pass": pass_, "device": str(dev), "device_name": device_name(dev),
         "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""), "threads": threads or torch.get_num_threads(),
+        "channels_last": channels_last,
         "search": search, "grid": grid if search == "staircase" else None, "variant": variant, "smooth": smooth, "multiple": multiple, "min_drop": min_drop, "repeats": repeats,
         "verify_top": verify_top, "verify_rounds": verify_rounds, "confirm": confirm, "early_stop": early_stop, "sequential": sequential, "tie_tol": tie_tol,
         "min_run_time": min_run_time, "signatures": len(groups), "signatures_timed": n_swept,

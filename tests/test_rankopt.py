@@ -309,3 +309,27 @@ def test_algorithm1_min_drop_applies_to_verified_steps():
     assert r == max(ranks) and "no step confirmed" in why
     r, why = algorithm1(ranks, t, 10.0, verified=v, min_drop=0.02)
     assert r == 288 and "289->288" in why
+
+
+def test_optimize_ranks_times_in_the_models_memory_format(tiny, tmp_path):
+    """channels_last="auto": layers are timed channels_last exactly when the model runs so."""
+    from lrdnb.rankopt import runs_channels_last
+
+    m, x = tiny
+    p = lrdnb.plan(m, x)
+    assert not runs_channels_last(m, x)
+    assert runs_channels_last(m, x.contiguous(memory_format=torch.channels_last))
+    one = dict(FAST, search="exhaustive", verify_top=0)
+    cache = TimingCache(tmp_path)
+    nchw = optimize_ranks(m, x, p, cache=cache, **one)
+    assert nchw.meta["rank_optimization"]["channels_last"] is False
+    m.to(memory_format=torch.channels_last)
+    assert runs_channels_last(m, x)
+    cl = optimize_ranks(m, x, p, cache=cache, **one)
+    assert cl.meta["rank_optimization"]["channels_last"] is True
+    assert cl.meta["rank_optimization"]["timings"] > 0  # a separate cache entry, not the NCHW timings
+    forced = optimize_ranks(m, x, p, cache=cache, channels_last=False, **one)
+    assert forced.meta["rank_optimization"]["channels_last"] is False
+    assert forced.meta["rank_optimization"]["timings"] == 0  # the NCHW timings, from the cache
+    with pytest.raises(ValueError, match="channels_last"):
+        optimize_ranks(m, x, p, cache=None, channels_last="yes", **one)
