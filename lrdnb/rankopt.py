@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -175,6 +175,7 @@ def optimize_ranks(
     threads: int | None = None,
     dtype: torch.dtype | None = None,
     channels_last: bool | str = "auto",
+    frozen: Mapping[str, Sequence[str]] | None = None,
     progress: bool = True,
 ) -> Plan:
     """Optimize the ranks of a plan on the device (Algorithm 1 per layer, or jointly).
@@ -227,6 +228,11 @@ def optimize_ranks(
             when the model runs in it (:func:`runs_channels_last`: the example batch or a conv
             weight with a spatial kernel is channels_last), so that ranks are chosen for the
             layout they will train in (the step sizes differ: MEASURING.md).
+        frozen: factor roles frozen while training, ``{method: roles}`` (e.g. a freezing
+            schedule's ``roles_at(epoch)``, regular freezing: ``{"svd": ["first"], "tucker2":
+            ["first", "last"]}``): the ``"train"``/``"step"`` passes then time the decomposed
+            layers without those factors' weight gradients, as they will train (the original
+            layer is timed whole). Default: nothing frozen.
         alpha: ``"plan"`` (the plan's ratio where its ranks are eq. 5's, else each layer's own
             compression), a number, or ``None`` (each layer's own compression).
         dtype: default: the model's parameter dtype.
@@ -258,6 +264,7 @@ def optimize_ranks(
         channels_last = runs_channels_last(model, example)
     elif not isinstance(channels_last, bool):
         raise ValueError(f"channels_last must be True, False or 'auto', got {channels_last!r}")
+    frozen = {m: tuple(r) for m, r in (frozen or {}).items()}
     if dtype is None:
         p0 = next(model.parameters(), None)
         dtype = p0.dtype if p0 is not None else torch.float32
@@ -280,7 +287,7 @@ def optimize_ranks(
     for key, members in tqdm(groups.items(), desc="rank optimization", unit="signature", disable=not progress):
         kw = dict(device=dev, threads=threads, dtype=dtype, channels_last=channels_last, repeats=repeats,
                   orders=orders, reference_every=reference_every, min_run_time=min_run_time, cache=store,
-                  progress=False)
+                  frozen=frozen.get(key[1], ()), progress=False)
         with store.held() if store is not None else contextlib.nullcontext():  # one write per signature
             df = _time_signature(members[0], key, pass_, search, grid, verify_top, verify_rounds, confirm,
                                  sequential, early_stop, min_drop, kw)
@@ -306,7 +313,8 @@ def optimize_ranks(
                     top = top_candidates(r, t2, verify_top, variant, multiple, sm, min_drop)
                     vt = verify_steps(members[0], top, pass_, rounds=verify_rounds, device=dev, threads=threads,
                                       dtype=dtype, channels_last=channels_last, method=key[1],
-                                      min_run_time=min_run_time, cache=store, early=confirm if early_stop else None)
+                                      frozen=frozen.get(key[1], ()), min_run_time=min_run_time, cache=store,
+                                      early=confirm if early_stop else None)
                     n_verified += int((~vt["cached"].astype(bool)).sum())
                 choice, why = algorithm1(r, t2, T, variant=variant, multiple=multiple, smooth=sm,
                                          min_drop=min_drop, verified=vt, tie_tol=tie_tol, confirm=confirm)
@@ -322,7 +330,7 @@ def optimize_ranks(
     meta["rank_optimization"] = {
         "method": method, "pass": pass_, "device": str(dev), "device_name": device_name(dev),
         "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""), "threads": threads or torch.get_num_threads(),
-        "channels_last": channels_last,
+        "channels_last": channels_last, "frozen": {m: list(r) for m, r in frozen.items() if r},
         "search": search, "grid": grid if search == "staircase" else None, "variant": variant, "smooth": smooth, "multiple": multiple, "min_drop": min_drop, "repeats": repeats,
         "verify_top": verify_top, "verify_rounds": verify_rounds, "confirm": confirm, "early_stop": early_stop, "sequential": sequential, "tie_tol": tie_tol,
         "min_run_time": min_run_time, "signatures": len(groups), "signatures_timed": n_swept,

@@ -333,3 +333,22 @@ def test_optimize_ranks_times_in_the_models_memory_format(tiny, tmp_path):
     assert forced.meta["rank_optimization"]["timings"] == 0  # the NCHW timings, from the cache
     with pytest.raises(ValueError, match="channels_last"):
         optimize_ranks(m, x, p, cache=None, channels_last="yes", **one)
+
+
+def test_optimize_ranks_frozen_factors_timed_as_they_train(tiny, tmp_path):
+    """frozen={method: roles}: decomposed layers timed without those factors' weight gradients,
+    a separate cache entry; a role the method does not have is an error."""
+    m, x = tiny
+    p = lrdnb.plan(m, x)
+    one = dict(FAST, search="exhaustive", verify_top=0)
+    cache = TimingCache(tmp_path)
+    free = optimize_ranks(m, x, p, cache=cache, **one)
+    roles = {"tucker2": ["first", "last"], "svd": ["first"]}
+    frz = optimize_ranks(m, x, p, cache=cache, frozen=roles, **one)
+    info = frz.meta["rank_optimization"]
+    assert info["frozen"] == roles and free.meta["rank_optimization"]["frozen"] == {}
+    assert info["timings"] > 0  # not the unfrozen timings
+    again = optimize_ranks(m, x, p, cache=cache, frozen=roles, **one)
+    assert again.meta["rank_optimization"]["timings"] == 0 and [s.ranks for s in again] == [s.ranks for s in frz]
+    with pytest.raises(ValueError, match="factor role"):
+        optimize_ranks(m, x, p, cache=None, frozen={"tucker2": ["middle"]}, **one)
