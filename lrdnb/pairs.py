@@ -98,18 +98,21 @@ def verify_steps(
         try:
             pool = [torch.randn(1)]
             need = sorted({*todo, *(c + 1 for c in todo)})
-            if session is not None:  # runners already built and warm
+            if session is not None:  # runners already built, most of them warm
                 sess = session()
                 run = {r: sess._runner(r, pass_) for r in need}
                 number = sess.number[pass_]
-                warm = all((r, pass_) in sess.seen for r in need)
+                cold = [r for r in need if (r, pass_) not in sess.seen]
+                sess.seen.update((r, pass_) for r in cold)
             else:
                 mods = {r: _module(spec, method, r, beta, frozen, pool) for r in need}
                 run = {r: make_runner(m, spec.input_shape, pass_, dev, dtype, channels_last) for r, m in mods.items()}
+                # the size estimate (a warm-up and one timed call) warms the largest
                 est = time_callable(run[max(run)], dev, mode="fixed", number=1, threads=threads)["median_s"]
-                number, warm = _calls_for(est, min_run_time), True
-            q_of = _paired_rounds(run, todo, rounds, dev, threads, number, warm, progress, early, unanimous,
-                                  min_step)
+                number, cold = _calls_for(est, min_run_time), [r for r in need if r != max(run)]
+            for r in cold:  # a new shape's first call builds its kernels: one untimed call each, and
+                run[r]()  # only for those (a warm-up round would re-run the warm ones too)
+            q_of = _paired_rounds(run, todo, rounds, dev, threads, number, progress, early, unanimous, min_step)
         finally:
             torch.set_num_threads(old_threads)
         for c in todo:
@@ -130,7 +133,7 @@ def verify_steps(
     return res.sort_values("candidate", ascending=False).reset_index(drop=True)
 
 
-def _paired_rounds(run, todo, rounds, dev, threads, number, warm, progress, early, unanimous, min_step) -> dict:
+def _paired_rounds(run, todo, rounds, dev, threads, number, progress, early, unanimous, min_step) -> dict:
     """Per-round ratios ``t(c) / t(c + 1)`` of each candidate, rounds run one at a time (rotating
     order, :func:`interleaved`), candidates dropped once settled (:func:`verify_steps`, ``early``)."""
     from tqdm.auto import tqdm
@@ -150,7 +153,7 @@ def _paired_rounds(run, todo, rounds, dev, threads, number, warm, progress, earl
         ranks = sorted({*active, *(c + 1 for c in active)})
         ranks = ranks[k % len(ranks):] + ranks[: k % len(ranks)]  # rotating order, as interleaved's rounds
         df = interleaved({str(r): run[r] for r in ranks}, rounds=1, device=dev, threads=threads, progress=False,
-                         mode="fixed", number=number, warmup=0 if warm or k else 1)
+                         mode="fixed", number=number, warmup=0)
         t = dict(zip(df["variant"], df["median_s"]))
         for c in active:
             q[c].append(float(t[str(c)] / t[str(c + 1)]))

@@ -248,3 +248,26 @@ def test_curve_mixes_sessions_by_ratio():
     assert list(r) == [8, 9] and T == 1.0
     assert np.allclose(tm, [0.5, 0.7]) and t2.shape == (2, 2) and np.allclose(t2[:, 1], 0.7)
     assert algorithm1(r, t2, T)[0] == 8
+
+
+def test_verify_steps_warms_up_each_new_shape_once(monkeypatch):
+    """Every rank of the pairs gets exactly one untimed first call (kernel creation) before the
+    timed rounds - not none (a cold first round) and not one per rank already warm."""
+    calls: dict[int, int] = {}
+    real = pairs.make_runner
+
+    def counting(module, *a, **k):
+        fn = real(module, *a, **k)
+        r = module.first.out_channels if hasattr(module, "first") else 0
+
+        def run():
+            calls[r] = calls.get(r, 0) + 1
+            fn()
+        return run
+
+    monkeypatch.setattr(pairs, "make_runner", counting)
+    rounds = 3
+    pairs.verify_steps(spec(), [36, 32], "train", rounds=rounds, device="cpu", min_run_time=1e-9, threads=1,
+                       progress=False)
+    # min_run_time ~0: one call per measurement; the largest rank (37) also ran the size estimate
+    assert calls == {37: rounds + 2, 36: rounds + 1, 33: rounds + 1, 32: rounds + 1}
