@@ -173,12 +173,16 @@ def main() -> None:
                     help="also one cold run per round with this many coarse passes (e.g. 1), for comparison")
     ap.add_argument("--channels-last", action="store_true",
                     help="time layers in channels_last (the layout Table 1 trains in); default NCHW")
+    ap.add_argument("--tie-tol", type=float, default=None,
+                    help="optimize_ranks' tie_tol (drops within it of the largest are ties -> highest rank)")
     ap.add_argument("--out", default="data")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     opt = dict(repeats=a.repeats, sequential=a.sequential, verify_rounds=a.verify_rounds, confirm=a.confirm,
                early_stop=not a.no_early_stop, channels_last=a.channels_last)
+    if a.tie_tol is not None:
+        opt["tie_tol"] = a.tie_tol
     rows = run(a.model, a.size, a.batch, a.device, a.rounds, a.exhaustive, a.fast_repeats, **opt)
     df = pd.DataFrame(rows)
     meta = provenance(a.device, model=a.model, size=a.size, batch=a.batch, rounds=a.rounds, weights="random",
