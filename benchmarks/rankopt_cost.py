@@ -109,6 +109,16 @@ def run(model_name: str, size: int, batch: int, device: str, rounds: int, exhaus
                 p2 = plans[2 * r["round"]]
                 r["same_choice_as_exhaustive"] = sum((p2[s.name].method, p2[s.name].ranks) == (s.method, s.ranks)
                                                      for s in p_ex)
+    # plan stability: per cold round, the fraction of layers whose (method, ranks) another round's
+    # cold search also chose, averaged over the other rounds
+    cold = plans[0::2]
+    same = lambda a, b: sum((a[s.name].method, a[s.name].ranks) == (s.method, s.ranks) for s in b) / len(b)
+    for r in rows:
+        if r["run"] == "cold" and r.get("search") == "staircase" and r["repeats"] == opt.get("repeats", 2) \
+                and len(cold) > 1 and r["round"] < rounds:
+            k = r["round"]
+            r["same_ranks_as_other_rounds"] = statistics.mean(same(cold[k], cold[j]) for j in range(len(cold))
+                                                              if j != k)
     plain = statistics.median(r["seconds"] for r in rows if r["run"] == "plain")
     plain_cpu = statistics.median(r["cpu_s"] for r in rows if r["run"] == "plain")
     for r in rows:
@@ -136,12 +146,14 @@ def fig2_check(device: str, **opt) -> dict:
                              refine=o["verify_top"], verify_rounds=o["verify_rounds"],
                              confirm=o["confirm"] if o["sequential"] else None,
                              early=o["confirm"] if o["early_stop"] else None, min_step=o["min_drop"],
+                             boundaries=o["boundaries"] and not o["sequential"],
                              repeats=o["repeats"], min_run_time=o["min_run_time"],
                              reference_every=o["reference_every"], channels_last=o["channels_last"],
                              device=device, seed=seed)
         r, t2, _, T = _curve(df, "train")
         sm = "median3" if o["smooth"] == "consistent" and t2.shape[0] < 2 else o["smooth"]
         choice, why = algorithm1(r, t2, T, smooth=sm, verified=df.attrs["verified"], tie_tol=o["tie_tol"],
+                                 tie_z=o["tie_z"],
                                  confirm=o["confirm"], min_drop=o["min_drop"])
         v = df.attrs["verified"]
         out.append({"seed": seed, "seconds": round(time.perf_counter() - t0, 2), "steps": df.attrs["steps"],
@@ -175,6 +187,10 @@ def main() -> None:
                     help="time layers in channels_last (the layout Table 1 trains in); default NCHW")
     ap.add_argument("--tie-tol", type=float, default=None,
                     help="optimize_ranks' tie_tol (drops within it of the largest are ties -> highest rank)")
+    ap.add_argument("--tie-z", type=float, default=None,
+                    help="optimize_ranks' tie_z (drops within this many standard errors of the largest are ties)")
+    ap.add_argument("--boundaries", action="store_true",
+                    help="pair-test every tile boundary of a dropping coarse interval, not only the located steps")
     ap.add_argument("--out", default="data")
     a = ap.parse_args()
     if a.threads:
@@ -183,6 +199,10 @@ def main() -> None:
                early_stop=not a.no_early_stop, channels_last=a.channels_last)
     if a.tie_tol is not None:
         opt["tie_tol"] = a.tie_tol
+    if a.tie_z is not None:
+        opt["tie_z"] = a.tie_z
+    if a.boundaries:
+        opt["boundaries"] = True
     rows = run(a.model, a.size, a.batch, a.device, a.rounds, a.exhaustive, a.fast_repeats, **opt)
     df = pd.DataFrame(rows)
     meta = provenance(a.device, model=a.model, size=a.size, batch=a.batch, rounds=a.rounds, weights="random",
@@ -197,6 +217,7 @@ def main() -> None:
     write_results(df, "rankopt_cost", meta, folder=a.out)
     cols = [c for c in ("run", "search", "repeats", "round", "seconds", "optimize_s", "ratio_to_plain", "timings",
                         "steps_verified", "layers_moved", "layers_kept_original", "same_choice_as_exhaustive",
+                        "same_ranks_as_other_rounds",
                         "predicted_layer_time_vs_original", "params_ratio", "load_before") if c in df]
     print(df[cols].to_string(index=False))
     for name in ("fig2_staircase", "fig2_staircase_fast"):

@@ -135,6 +135,7 @@ def algorithm1(
     verified: pd.DataFrame | None = None,
     tie_tol: float = 0.0,
     confirm: float = 0.8,
+    tie_z: float = 0.0,
 ) -> tuple[int | None, str]:
     """Algorithm 1 (Hajimolahoseini et al. 2023): the rank just past the biggest step-time drop.
 
@@ -153,7 +154,11 @@ def algorithm1(
     none is confirmed the top rank ``R`` is kept (no step is worth extra compression). ``tie_tol``
     treats drops within ``tie_tol`` (relative units) of the best as equal and takes the highest of
     those ranks (least accuracy lost), which makes the choice stable when a device has several
-    equal steps (this CPU: every multiple of 16).
+    equal steps (this CPU: every multiple of 16); ``tie_z`` widens that window per pair to what
+    the paired rounds can tell apart: a verified drop ties with the best unless it is smaller by
+    more than ``tie_z`` standard errors of the difference (``se`` of both, from their rounds) -
+    the highest of the statistically equal steps, which is the first of the paper's ``argmax``
+    (it scans from ``R`` down) among drops the device cannot rank.
 
     Args:
         ranks: the measured ranks (any order; a coarse grid is fine: drops are taken between
@@ -176,6 +181,8 @@ def algorithm1(
         confirm: a verified step counts if at least this fraction of its rounds saw it (and its
             median ratio is below 1); 0.8 = 4 of 5 rounds, so one disturbed round is tolerated.
         tie_tol: drops within this (relative) of the best count as ties -> highest rank.
+        tie_z: with ``verified`` (and its ``se`` column): drops within ``tie_z`` standard errors
+            of the difference from the best also count as ties (1.64: one-sided 5%).
 
     Returns:
         ``(rank, reason)``; ``rank`` is ``None`` when the original layer is at least as fast.
@@ -190,7 +197,8 @@ def algorithm1(
     curve = np.median(np.atleast_2d(np.asarray(times, dtype=float))[:, np.argsort(np.asarray(ranks))], axis=0)
     T = float(np.median(np.asarray(t_original, dtype=float)))
     opts = ", ".join(x for x in (smooth, f"x{multiple}" if multiple else "", "verified" if verified is not None
-                                 else "", f"ties {tie_tol:g}" if tie_tol else "") if x)
+                                 else "", f"ties {tie_tol:g}" if tie_tol else "",
+                                 f"ties {tie_z:g} se" if tie_z else "") if x)
     tag = f"Algorithm 1 ({variant}{', ' + opts if opts else ''})"
     if verified is not None:
         v = verified[confirmed(verified, confirm, min_drop)]
@@ -207,13 +215,18 @@ def algorithm1(
     else:
         best = cand["score"].max()
         tol = tie_tol * (1.0 if verified is not None or variant == "relative" else float(np.median(curve)))
-        ties = cand[cand["score"] >= best - tol] if tie_tol else cand[cand["score"] == best]
-        pick = ties.sort_values("candidate").iloc[-1 if tie_tol else 0]
+        window = pd.Series(tol, index=cand.index, dtype=float)
+        if tie_z and verified is not None and "se" in cand:
+            se_best = float(cand.loc[cand["score"].idxmax(), "se"])
+            window = np.maximum(window, (tie_z * np.sqrt(se_best ** 2 + cand["se"] ** 2)).fillna(0.0))
+        tied = bool(tie_tol or tie_z)
+        ties = cand[cand["score"] >= best - window] if tied else cand[cand["score"] == best]
+        pick = ties.sort_values("candidate").iloc[-1 if tied else 0]
         chosen = int(pick["candidate"])
         rel = float(pick["score"] if verified is not None else st.loc[st["candidate"] == chosen, "drop_rel"].iloc[0])
         above = int(pick["above"])
-        how = f"drop {rel:.1%} at {above}->{chosen}" + (f", best of {len(ties)} within {tie_tol:g}" if len(ties) > 1
-                                                        else "")
+        how = f"drop {rel:.1%} at {above}->{chosen}" + (
+            f", highest of {len(ties)} tied with the largest" if len(ties) > 1 else "")
     tc = float(curve[r_all == chosen][0])
     if tc >= T:
         return None, (f"{tag}: rank {chosen} ({how}) takes {tc * 1e3:.3g} ms >= original {T * 1e3:.3g} ms; "

@@ -52,7 +52,9 @@ def verify_steps(
     Returns:
         One row per candidate: ``candidate``, ``above`` (= c + 1), ``ratio`` (median over rounds),
         ``ratio_min``, ``ratio_max``, ``drop_rel`` (``1 - ratio``), ``rounds``, ``faster`` (fraction
-        of rounds with ``ratio < 1``), ``cached``.
+        of rounds with ``ratio < 1``), ``se`` (standard error of the mean log ratio over the rounds,
+        the drop's uncertainty that :func:`lrdnb.choose.algorithm1`'s ``tie_z`` uses; NaN with
+        fewer than 2 rounds), ``cached``.
         Cached (like sweeps) under the sweep key with method ``"<method>-step"``.
         ``session``: a function returning the open measuring session of :func:`staircase_sweep`, whose
         runners are then used (called only if something needs timing).
@@ -127,9 +129,10 @@ def verify_steps(
                          "ratio_min": float(r["min_s"]), "ratio_max": float(r["max_s"]),
                          "drop_rel": 1.0 - float(r["median_s"]),
                          "rounds": len([x for x in str(r.get("times_s") or "").split(";") if x]) or int(r["n"]),
-                         "faster": _frac_below_one(r.get("times_s"), float(r["max_s"])), "cached": r["cached"]}
+                         "faster": _frac_below_one(r.get("times_s"), float(r["max_s"])),
+                         "se": _log_se(r.get("times_s")), "cached": r["cached"]}
                         for r in out], columns=["candidate", "above", "ratio", "ratio_min", "ratio_max", "drop_rel",
-                                                "rounds", "faster", "cached"])
+                                                "rounds", "faster", "se", "cached"])
     return res.sort_values("candidate", ascending=False).reset_index(drop=True)
 
 
@@ -164,6 +167,12 @@ def _paired_rounds(run, todo, rounds, dev, threads, number, progress, early, una
             break
     bar.close()
     return {c: np.asarray(v) for c, v in q.items()}
+
+
+def _log_se(per_round: Any) -> float:
+    """Standard error of the mean of ``log(ratio)`` over a verification's rounds (NaN if < 2)."""
+    vals = np.log([float(x) for x in str(per_round or "").split(";") if x and x != "nan"])
+    return float(np.std(vals, ddof=1) / np.sqrt(len(vals))) if len(vals) >= 2 else float("nan")
 
 
 def _frac_below_one(per_round: Any, ratio_max: float) -> float:

@@ -167,6 +167,8 @@ def optimize_ranks(
     sequential: bool = False,
     early_stop: bool = True,
     tie_tol: float = 0.03,
+    tie_z: float = 0.0,
+    boundaries: bool = False,
     repeats: int = 2,
     orders: Sequence[str] = ("desc", "asc", "shuffle"),
     min_run_time: float = 0.004,
@@ -205,12 +207,18 @@ def optimize_ranks(
             the plan).
         plan: a plan from :func:`lrdnb.plan`; layers with method ``"keep"`` stay kept.
         pass_: ``"forward"``, ``"train"`` or ``"step"`` - what to make fast.
-        variant, multiple, smooth, min_drop, tie_tol, confirm: see :func:`algorithm1`; with the
-            staircase search all located steps are verified together, so that ``tie_tol`` can
-            prefer the highest of equal steps (stable across runs). ``min_drop`` (default 2%):
+        variant, multiple, smooth, min_drop, tie_tol, tie_z, confirm: see :func:`algorithm1`:
+            the highest of the confirmed steps whose paired drops are less than ``tie_tol``
+            (default 3%) - or, with ``tie_z`` > 0, less than ``tie_z`` standard errors (1.64:
+            one-sided 5%) - below the largest is chosen. ``min_drop`` (default 2%):
             a step must save at least this much in its paired re-timing - the per-round noise
             here is ~5%, so a pair that differs only by the FLOP slope (~0.3% per rank) is
             still seen faster in 4 of 5 rounds about one time in four.
+        boundaries: staircase search: pair-test every tile boundary whose coarse interval
+            dropped, not only the ``verify_top`` located steps (:func:`lrdnb.steps.staircase_sweep`).
+            Neither this nor ``tie_z`` made ResNet-50's plans more alike across cold searches on
+            this CPU (``benchmarks/plan_stability.py``: steps of 5-10%, ~4% standard error per verification),
+            so both are off by default.
         early_stop: stop re-timing a step once it can no longer be confirmed
             (:func:`lrdnb.pairs.verify_steps`, ``early=confirm``; same verdicts, ~15% fewer rounds).
         sequential: staircase search: verify the located steps one at a time and stop at the
@@ -290,7 +298,7 @@ def optimize_ranks(
                   frozen=frozen.get(key[1], ()), progress=False)
         with store.held() if store is not None else contextlib.nullcontext():  # one write per signature
             df = _time_signature(members[0], key, pass_, search, grid, verify_top, verify_rounds, confirm,
-                                 sequential, early_stop, min_drop, kw)
+                                 sequential, early_stop, min_drop, dict(kw, boundaries=boundaries))
         checked[key] = df.attrs.pop("verified", None)  # (attrs are deep-copied by every pandas operation)
         fresh = df[~df["cached"].astype(bool)]
         n_timings += int(fresh["n"].sum())
@@ -317,7 +325,8 @@ def optimize_ranks(
                                       early=confirm if early_stop else None)
                     n_verified += int((~vt["cached"].astype(bool)).sum())
                 choice, why = algorithm1(r, t2, T, variant=variant, multiple=multiple, smooth=sm,
-                                         min_drop=min_drop, verified=vt, tie_tol=tie_tol, confirm=confirm)
+                                         min_drop=min_drop, verified=vt, tie_tol=tie_tol, confirm=confirm,
+                                         tie_z=tie_z)
             else:
                 choice = int(r[0]) if tm[0] < T else None
                 why = f"single rank {r[0]} in range; {'faster' if choice else 'not faster'} than original"
@@ -333,6 +342,7 @@ def optimize_ranks(
         "channels_last": channels_last, "frozen": {m: list(r) for m, r in frozen.items() if r},
         "search": search, "grid": grid if search == "staircase" else None, "variant": variant, "smooth": smooth, "multiple": multiple, "min_drop": min_drop, "repeats": repeats,
         "verify_top": verify_top, "verify_rounds": verify_rounds, "confirm": confirm, "early_stop": early_stop, "sequential": sequential, "tie_tol": tie_tol,
+        "tie_z": tie_z, "boundaries": boundaries if search == "staircase" else None,
         "min_run_time": min_run_time, "signatures": len(groups), "signatures_timed": n_swept,
         "timings": n_timings, "seconds": round(time.perf_counter() - t_start, 3), **info,
     }
@@ -343,11 +353,12 @@ def optimize_ranks(
 def _time_signature(spec, key, pass_, search, grid, verify_top, verify_rounds, confirm, sequential, early_stop,
                     min_drop, kw) -> pd.DataFrame:
     """One signature's curve: staircase search (steps located and verified) or exhaustive sweep."""
+    boundaries = kw.pop("boundaries", False)
     if search == "staircase":
         return staircase_sweep(spec, ranks=list(key[3]), pass_=pass_, grid=grid, refine=verify_top or 2,
                                verify_rounds=verify_rounds if verify_top else 0,
                                confirm=confirm if sequential else None, early=confirm if early_stop else None,
-                               min_step=min_drop, **kw)
+                               min_step=min_drop, boundaries=boundaries and not sequential, **kw)
     return sweep(spec, ranks=list(key[3]), passes=(pass_,), **kw)
 
 

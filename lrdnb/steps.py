@@ -53,6 +53,7 @@ def staircase_sweep(
     confirm: float | None = None,
     early: float | None = None,
     min_step: float = 0.0,
+    boundaries: bool = False,
     device: str | torch.device = "auto",
     threads: int | None = None,
     dtype: torch.dtype = torch.float32,
@@ -117,6 +118,14 @@ def staircase_sweep(
         min_step: a tile boundary counts as the step only if its paired drop is at least this
             (relative): a pair with no step still differs by the FLOP slope (~0.3% per rank),
             and that is seen "faster" in most rounds.
+        boundaries: with ``verify_rounds``, also re-time in pairs every other tile boundary
+            ``g + 1 -> g`` (``g`` a multiple of ``grid`` inside the range whose coarse interval
+            dropped), all in one rotation, so Algorithm 1 compares every step of the staircase
+            rather than the ``refine`` that the noisy coarse pass ranked largest. On this CPU
+            the located pair changed from search to search on most layers (several near-equal
+            steps, one per multiple of 16) and the plans with it. Measured on ResNet-50 here
+            (``benchmarks/plan_stability.py``) that did not make plans more alike: the paired
+            drops themselves are too noisy (~4% standard error on 5-10% steps) to rank.
         repeats: passes over the coarse grid (each probe is timed once).
         Others: as :func:`lrdnb.sweeps.sweep`.
 
@@ -155,7 +164,8 @@ def staircase_sweep(
     # the search's outcome is cached too: a warm run re-uses it instead of re-deciding from values
     # that the closing reference re-normalised (rows: the located steps, r2 = order; candidates
     # tried and rejected on the way, r2 = 1000 + order)
-    tag = f"{st.method}-stairs-g{grid}-k{refine}-s{substantial:g}-{st.ranks[0]}-{st.ranks[-1]}"
+    tag = (f"{st.method}-stairs-g{grid}-k{refine}-s{substantial:g}-{st.ranks[0]}-{st.ranks[-1]}"
+           + ("-b" if boundaries and verify_rounds else ""))
     found = tried = None
     if st.store is not None:
         rows = [r for r in st.store.lookup(st.keys[pass_]) if r["method"] == tag and r["n"] >= repeats]
@@ -195,6 +205,12 @@ def staircase_sweep(
             if verify_rounds:
                 steps, tables = _locate_verified(picks, val, probe, verify, ok_at, min_step,
                                                  sequential=confirm is not None)
+                if boundaries:
+                    done = {int(c) for t in tables for c in t["candidate"]}
+                    extra = _boundaries(val, coarse, grid, done)
+                    if extra:
+                        tables.append(verify(extra))
+                        steps = steps + extra
                 tried = [int(c) for t in tables for c in t["candidate"]]
                 verified = (pd.concat(tables, ignore_index=True).sort_values("candidate", ascending=False)
                             .reset_index(drop=True) if tables else verify([]))
@@ -240,6 +256,15 @@ def _picks(val: dict[int, float], coarse: Sequence[int], refine: int, substantia
     drops = [x for x in drops if x[0] > 0]
     pick = drops[:1] + sorted((x for x in drops[1:] if x[0] >= substantial * drops[0][0]), key=lambda x: -x[2])
     return pick[:refine]
+
+
+def _boundaries(val: dict[int, float], coarse: Sequence[int], grid: int, done: set[int]) -> list[int]:
+    """The tile boundaries ``g`` (step ``g + 1 -> g``, ``g`` a multiple of ``grid``) of coarse
+    intervals ``g -> hi`` whose coarse time dropped, not yet re-timed: :func:`staircase_sweep`'s
+    ``boundaries``."""
+    asc = sorted(coarse)
+    return sorted((lo for lo, hi in zip(asc, asc[1:])
+                   if lo % grid == 0 and hi - lo > 1 and val[hi] > val[lo] and lo not in done), reverse=True)
 
 
 def _bisect(val: dict[int, float], probe: Callable[[int], float], lo: int, hi: int, a: int | None = None,

@@ -271,10 +271,27 @@ def test_algorithm1_verified_and_ties():
     r, why = algorithm1(ranks, t, 10.0, verified=v)
     assert r == 256 and "verified" in why
     r, why = algorithm1(ranks, t, 10.0, verified=v, tie_tol=0.03)
-    assert r == 272 and "best of 2" in why  # equal steps: the highest rank loses least accuracy
+    assert r == 272 and "highest of 2 tied" in why  # equal steps: the highest rank loses least accuracy
     none = v.assign(ratio_max=1.1)
     r, why = algorithm1(ranks, t, 10.0, verified=none)
     assert r == max(ranks) and "no step confirmed" in why
+
+
+def test_algorithm1_ties_by_standard_error():
+    ranks = list(range(240, 310))
+    t = staircase(ranks)
+    # 304 drops 8%, 288 drops 12%: 4 points apart, beyond a fixed 3% window
+    v = pd.DataFrame({"candidate": [304, 288], "above": [305, 289], "ratio": [0.92, 0.88], "ratio_min": [0.9, 0.85],
+                      "ratio_max": [0.95, 0.9], "faster": [1.0, 1.0]})
+    v["drop_rel"] = 1 - v["ratio"]
+    assert algorithm1(ranks, t, 10.0, verified=v, tie_tol=0.03)[0] == 288
+    # rounds that cannot tell 8% from 12% (se 2% each: the difference is 1.4 se): tied -> 304
+    r, why = algorithm1(ranks, t, 10.0, verified=v.assign(se=0.02), tie_tol=0.03, tie_z=1.64)
+    assert r == 304 and "highest of 2 tied" in why and "1.64 se" in why
+    # precise rounds (se 0.5%): 288's drop is significantly larger and wins
+    assert algorithm1(ranks, t, 10.0, verified=v.assign(se=0.005), tie_tol=0.03, tie_z=1.64)[0] == 288
+    # an unknown se (one round) adds nothing to the fixed window
+    assert algorithm1(ranks, t, 10.0, verified=v.assign(se=np.nan), tie_tol=0.03, tie_z=1.64)[0] == 288
 
 
 def test_top_candidates_snap_to_raw_step():

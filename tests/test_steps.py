@@ -134,6 +134,33 @@ def test_staircase_cache_replays_without_timing(fake_device, tmp_path):
                                    b.sort_values(key)["norm_s"].reset_index(drop=True), rtol=1e-5)
 
 
+def test_boundaries_are_aligned_dropping_untested():
+    val = {45: 1.5, 40: 1.49, 32: 1.1, 24: 1.2, 16: 1.0, 10: 0.7}
+    # (32, 40) dropped, (24, 32) rose, (16, 24) dropped; 10 is not on the grid; 40 already tested
+    assert steps._boundaries(val, list(val), 8, done={40}) == [32, 16]
+    assert steps._boundaries(val, list(val), 8, done=set()) == [40, 32, 16]
+
+
+def test_staircase_boundaries_pair_tests_every_tile_boundary(fake_device, tmp_path):
+    kw = dict(ranks=list(range(45, 9, -1)), pass_="train", grid=8, refine=2, repeats=2, verify_rounds=3,
+              early=0.8, min_step=0.02, boundaries=True, cache=TimingCache(tmp_path), **FAST)
+    a = steps.staircase_sweep(spec(), **kw)
+    # the two picks are located as without boundaries (37, 27); then the other aligned boundaries
+    # of dropping coarse intervals (40 -> 45: slope; 16 -> 24: the step at 20 lies inside) are
+    # re-timed in one rotation - slope only, so stopped after 3 rounds (min_step) and rejected
+    assert a.attrs["steps"] == [37, 27, 40, 16]
+    assert fake_device["verified"][-3:] == [[16, 17, 40, 41]] * 3
+    v = a.attrs["verified"].set_index("candidate")
+    assert set(v.index) == {40, 37, 32, 27, 24, 16} and (v["se"].fillna(0) < 1e-12).all()  # exact fake times
+    ok = lrdnb.choose.confirmed(a.attrs["verified"], 0.8, 0.02)
+    assert sorted(a.attrs["verified"]["candidate"][ok]) == [27, 37]
+    n = len(fake_device["verified"])
+    b = steps.staircase_sweep(spec(), **{**kw, "cache": TimingCache(tmp_path)})  # replay: nothing timed
+    assert len(fake_device["verified"]) == n and b.attrs["steps"] == a.attrs["steps"]
+    c = steps.staircase_sweep(spec(), **{**kw, "boundaries": False, "cache": TimingCache(tmp_path)})
+    assert c.attrs["steps"] == [37, 27]  # its own cached outcome (tag without "-b")
+
+
 def test_staircase_verifies_next_step_when_first_not_confirmed(fake_device, monkeypatch):
     calls = []
 
