@@ -1,5 +1,6 @@
-"""benchmarks/plan_stability.py: the committed summary is what its own code computes from the
-committed per-setting runs (nothing typed in by hand), and it is internally consistent."""
+"""benchmarks/plan_stability.py and benchmarks/rankopt_plans.py: the committed plan-stability
+summary is what its own code computes from the committed per-setting runs (nothing typed in by
+hand) and is internally consistent; rankopt_plans builds and times K cold plans beside LRD."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "plan_stability"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("plan_stability", ROOT / "benchmarks" / "plan_stability.py")
+def load_script(name: str = "plan_stability"):
+    """A benchmark script (benchmarks/ is not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -39,3 +41,23 @@ def test_committed_summary_is_recomputed_from_the_runs():
 def test_summarize_skips_missing_settings(tmp_path):
     ps = load_script()
     assert ps.summarize(tmp_path, list(ps.SETTINGS)).empty
+
+
+def test_rankopt_plans_times_each_cold_plan_against_lrd():
+    rp = load_script("rankopt_plans")
+    models, plans, search_s = rp.build("resnet10_cpu", size=16, batch=2, plans=2, threads=1, seed=0)
+    assert list(models) == ["original", "lrd", "rank_opt_1", "rank_opt_2"] and len(search_s) == 2
+    assert set(plans) == {"lrd", "rank_opt_1", "rank_opt_2"}
+    df, raw = rp.measure(models, size=16, batch=2, rounds=2, calls=1, threads=1)
+    assert list(df["variant"]) == list(models)
+    assert {r["pass"] for r in raw} == {"train", "infer"} and len(raw) == 2 * 2 * len(models)
+    row = df.set_index("variant")
+    assert row.loc["original", "params_ratio"] == 1.0 and row.loc["lrd", "train_vs_lrd_pct"] == 0.0
+    assert (row["train_img_s"] > 0).all() and (row["infer_img_s"] > 0).all()
+    assert row.loc["lrd", "params_ratio"] < 1.0  # decomposed
+    for p in ("train", "infer"):
+        assert row[f"{p}_vs_lrd_p"].between(0, 1).all() and (row[f"{p}_vs_lrd_wins"] <= 2).all()
+    # Rank Opt.'s decomposed layers sit between the 3x and the 2x ranks: never above plain LRD's
+    for k in ("rank_opt_1", "rank_opt_2"):
+        for spec in plans[k].decomposed:
+            assert all(a <= b for a, b in zip(spec.ranks, plans["lrd"][spec.name].ranks)), spec.name
