@@ -169,14 +169,19 @@ def _paired_rounds(run, todo, rounds, dev, threads, number, progress, early, una
     return {c: np.asarray(v) for c, v in q.items()}
 
 
+def _per_round(per_round: Any) -> list[float]:
+    """The per-round ratios a cached verification row stores as ``"r1;r2;..."``."""
+    return [float(x) for x in str(per_round or "").split(";") if x and x != "nan"]
+
+
 def _log_se(per_round: Any) -> float:
     """Standard error of the mean of ``log(ratio)`` over a verification's rounds (NaN if < 2)."""
-    vals = np.log([float(x) for x in str(per_round or "").split(";") if x and x != "nan"])
+    vals = np.log(_per_round(per_round))
     return float(np.std(vals, ddof=1) / np.sqrt(len(vals))) if len(vals) >= 2 else float("nan")
 
 
 def _frac_below_one(per_round: Any, ratio_max: float) -> float:
-    vals = [float(x) for x in str(per_round or "").split(";") if x and x != "nan"]
+    vals = _per_round(per_round)
     if not vals:
         return float(ratio_max < 1.0)
     return float(np.mean(np.asarray(vals) < 1.0))

@@ -298,7 +298,7 @@ def optimize_ranks(
                   frozen=frozen.get(key[1], ()), progress=False)
         with store.held() if store is not None else contextlib.nullcontext():  # one write per signature
             df = _time_signature(members[0], key, pass_, search, grid, verify_top, verify_rounds, confirm,
-                                 sequential, early_stop, min_drop, dict(kw, boundaries=boundaries))
+                                 sequential, early_stop, min_drop, boundaries, kw)
         checked[key] = df.attrs.pop("verified", None)  # (attrs are deep-copied by every pandas operation)
         fresh = df[~df["cached"].astype(bool)]
         n_timings += int(fresh["n"].sum())
@@ -351,9 +351,8 @@ def optimize_ranks(
 
 
 def _time_signature(spec, key, pass_, search, grid, verify_top, verify_rounds, confirm, sequential, early_stop,
-                    min_drop, kw) -> pd.DataFrame:
+                    min_drop, boundaries, kw) -> pd.DataFrame:
     """One signature's curve: staircase search (steps located and verified) or exhaustive sweep."""
-    boundaries = kw.pop("boundaries", False)
     if search == "staircase":
         return staircase_sweep(spec, ranks=list(key[3]), pass_=pass_, grid=grid, refine=verify_top or 2,
                                verify_rounds=verify_rounds if verify_top else 0,
