@@ -82,6 +82,11 @@ def optimized_run(name, model, x, device, cache_dir, **opt) -> tuple[dict, lrdnb
              "load_before": la, "load_after": load_avg()}, p2)
 
 
+def same_layers(a: lrdnb.plan.Plan, b: lrdnb.plan.Plan) -> int:
+    """How many of ``b``'s layers ``a`` gives the same method and ranks."""
+    return sum((a[s.name].method, a[s.name].ranks) == (s.method, s.ranks) for s in b)
+
+
 def run(model_name: str, size: int, batch: int, device: str, rounds: int, exhaustive: bool, fast_repeats: int = 0,
         **opt) -> list[dict]:
     torch.manual_seed(0)
@@ -107,18 +112,16 @@ def run(model_name: str, size: int, batch: int, device: str, rounds: int, exhaus
         for r in rows:
             if r["run"] == "cold" and r.get("search") == "staircase" and r["repeats"] == opt.get("repeats", 2):
                 p2 = plans[2 * r["round"]]
-                r["same_choice_as_exhaustive"] = sum((p2[s.name].method, p2[s.name].ranks) == (s.method, s.ranks)
-                                                     for s in p_ex)
+                r["same_choice_as_exhaustive"] = same_layers(p2, p_ex)
     # plan stability: per cold round, the fraction of layers whose (method, ranks) another round's
     # cold search also chose, averaged over the other rounds
     cold = plans[0::2]
-    same = lambda a, b: sum((a[s.name].method, a[s.name].ranks) == (s.method, s.ranks) for s in b) / len(b)
     for r in rows:
         if r["run"] == "cold" and r.get("search") == "staircase" and r["repeats"] == opt.get("repeats", 2) \
                 and len(cold) > 1 and r["round"] < rounds:
             k = r["round"]
-            r["same_ranks_as_other_rounds"] = statistics.mean(same(cold[k], cold[j]) for j in range(len(cold))
-                                                              if j != k)
+            r["same_ranks_as_other_rounds"] = statistics.mean(same_layers(cold[k], cold[j]) / len(cold[j])
+                                                              for j in range(len(cold)) if j != k)
     plain = statistics.median(r["seconds"] for r in rows if r["run"] == "plain")
     plain_cpu = statistics.median(r["cpu_s"] for r in rows if r["run"] == "plain")
     for r in rows:
