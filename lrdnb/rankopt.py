@@ -106,11 +106,14 @@ def _curve(df: pd.DataFrame, pass_: str) -> tuple[np.ndarray, np.ndarray, np.nda
     Every time is its ratio to the original layer measured beside it, times one ``T``: rows
     from different sessions (a partly cached curve) are then comparable even if the machine ran
     at another speed when each was measured."""
-    d = df[(df["pass"] == pass_) & (df["method"] != "keep")].sort_values("rank")
-    k = df[(df["pass"] == pass_) & (df["method"] == "keep")]
-    T = float(k["norm_s"].iloc[0])
-    q = per_repeat(d, "ratios")
-    return d["rank"].to_numpy(int), q * T, np.median(q, axis=0) * T, T
+    here = df["pass"].to_numpy() == pass_  # (numpy, not frame filters: a warm run does this 24 times)
+    keep = df["method"].to_numpy() == "keep"
+    T = float(df["norm_s"].to_numpy()[here & keep][0])
+    sel = np.flatnonzero(here & ~keep)
+    ranks = df["rank"].to_numpy(int)[sel]
+    order = np.argsort(ranks, kind="stable")
+    q = per_repeat({"ratios": df["ratios"].to_numpy()[sel][order]}, "ratios")
+    return ranks[order], q * T, np.median(q, axis=0) * T, T
 
 
 def _error(weight: torch.Tensor, method: str, rk: Sequence[int], memo: dict) -> float:

@@ -237,10 +237,12 @@ def staircase_sweep(
 
 
 def _coarse_values(session, cached_ratio, coarse, todo, repeats, orders, rng, pass_) -> dict[int, float]:
-    """Step 1 of :func:`staircase_sweep`: the coarse grid's reference-normalised times."""
+    """Step 1 of :func:`staircase_sweep`: the coarse grid's reference-normalised times. The
+    reference is re-timed every ``reference_every`` measurements and at the close, not at the start of
+    each pass (:func:`lrdnb.sweeps.sweep` does that): a coarse pass is a handful of ranks, and the
+    original layer is the slowest call of the search (4 of ResNet-50's 24 layer shapes take 20-70
+    ms per original train call here, their ranks 5-25 ms)."""
     for k in range(repeats if todo else 0):
-        if k:
-            session().reference(k)
         for r in _order(todo, orders[k % len(orders)], rng):
             session().measure(k, r)
     return {r: (session().ratio(r, pass_) if r in todo else cached_ratio(r, repeats)) for r in coarse}

@@ -37,7 +37,7 @@ def stair_time(r: int, at=None) -> float:
 @pytest.fixture
 def fake_device(monkeypatch):
     """Session timings and paired verification read ``stair_time``; counts what was measured."""
-    log = {"measured": [], "verified": [], "sessions": 0}
+    log = {"measured": [], "verified": [], "sessions": 0, "references": 0}
     real_init = sweeps._Session.__init__
 
     def init(self, *a, **k):
@@ -49,6 +49,8 @@ def fake_device(monkeypatch):
         self.seq.append((k, r, p, stair_time(r)))
         if r:
             log["measured"].append(r)
+        else:
+            log["references"] += 1
 
     def fake_interleaved(variants, rounds=5, **kw):
         log["verified"].append(sorted(int(v) for v in variants))
@@ -112,6 +114,24 @@ def test_staircase_tests_tile_boundary_in_pairs_not_single_probes(fake_device, m
     assert df.attrs["steps"] == [32]
     assert df.attrs["verified"]["candidate"].tolist() == [32]
     assert set(fake_device["measured"]) - {0} <= set(df.attrs["coarse"])  # no single-rank probe
+
+
+@pytest.mark.parametrize("every", [100, 3])
+def test_staircase_times_the_reference_at_start_close_and_every_n(fake_device, every):
+    # 6 coarse ranks x 2 passes = 12 measurements; the original layer (the slowest call of a
+    # search) is timed at the start, every ``every`` measurements and at the close - not at the
+    # start of each pass (a coarse pass is shorter than reference_every in optimize_ranks)
+    df = steps.staircase_sweep(spec(), ranks=list(range(45, 9, -1)), pass_="train", grid=8, refine=1, repeats=2,
+                               reference_every=every, **FAST)
+    assert df.attrs["coarse"] == [45, 40, 32, 24, 16, 10]
+    n = len(fake_device["measured"])  # coarse ranks and locating probes
+    assert n >= 12 and fake_device["references"] == 2 + (n - 1) // every
+    keep = df[df["method"] == "keep"].iloc[0]
+    assert keep["n"] == (2 if every == 100 else 3)  # one value per repeat tag that had ticks
+    # the curve is still reference-normalised: T = 10, the staircase's values divided by it x T
+    assert keep["norm_s"] == pytest.approx(10.0)
+    got = df[df["rank"] == 32]["norm_s"].item()
+    assert got == pytest.approx(stair_time(32), rel=1e-6)
 
 
 def test_staircase_cache_replays_without_timing(fake_device, tmp_path):

@@ -227,3 +227,43 @@ def test_verify_steps_table_and_cache(tmp_path, monkeypatch):
     # verification rows never leak into sweeps of the same signature
     s = sweep(tiny_conv(), ranks=[4], passes=("train",), repeats=1, cache=cache, **FAST)
     assert set(s["method"]) == {"tucker2", "keep"}
+
+
+def test_runner_backpropagates_the_given_gradient_in_the_output_layout():
+    torch.manual_seed(0)
+    m = nn.Conv2d(4, 6, 3, padding=1)
+    x = torch.randn(2, 4, 5, 5)
+    g = torch.randn(2, 6, 5, 5)  # NCHW-contiguous, the layer runs channels_last
+    seen = []
+    m.register_full_backward_hook(lambda mod, gin, gout: seen.append(gout[0]))
+    run = make_runner(m, (2, 4, 5, 5), "train", device="cpu", channels_last=True, inputs=x, grad_output=g)
+    run()
+    run()
+    # the gradient reaches the layer channels_last, as in a channels_last network, converted once
+    assert all(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() for t in seen)
+    assert seen[0].data_ptr() == seen[1].data_ptr()
+    # and it is the given gradient: dL/db = sum of g over batch and pixels
+    torch.testing.assert_close(m.bias.grad, g.sum(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+    # a gradient already in the output's layout is used as is (one tensor for every runner of a sweep)
+    g_cl = g.contiguous(memory_format=torch.channels_last)
+    seen.clear()
+    make_runner(m, (2, 4, 5, 5), "train", device="cpu", channels_last=True, inputs=x, grad_output=g_cl)()
+    assert seen[0].data_ptr() == g_cl.data_ptr()
+    with pytest.raises(ValueError, match=r"grad_output has shape \(2, 6, 4, 4\), the output \(2, 6, 5, 5\)"):
+        make_runner(m, (2, 4, 5, 5), "train", device="cpu", grad_output=torch.zeros(2, 6, 4, 4))()
+
+
+def test_time_callable_keeps_one_timer_per_callable_and_thread_count():
+    def f():
+        return sum(range(50))
+
+    time_callable(f, "cpu", mode="fixed", number=2, threads=1)
+    t1 = f.__dict__["_lrdnb_timer"]
+    time_callable(f, "cpu", mode="fixed", number=3, threads=1)
+    assert f.__dict__["_lrdnb_timer"] is t1  # re-used: building a Timer compiles its statement
+    r = time_callable(f, "cpu", mode="fixed", number=2, threads=2)
+    assert f.__dict__["_lrdnb_timer"][0] == 2 and f.__dict__["_lrdnb_timer"] is not t1
+    assert r["n"] == 2 and r["median_s"] > 0
+    # callables that cannot hold attributes still work
+    for g in (int, object().__hash__):  # a class (read-only __dict__), a method-wrapper (none)
+        assert time_callable(g, "cpu", mode="fixed", number=1)["n"] == 1
