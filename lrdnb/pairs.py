@@ -16,7 +16,7 @@ import torch
 
 from .plan import LayerSpec
 from .provenance import device_name as _device_name, resolve_device
-from .sweeps import _calls_for, _module, _Session
+from .sweeps import _POOL, _calls_for, _module, _Session
 from .timing import _check_pass, interleaved, make_runner, time_callable
 
 __all__ = ["verify_steps"]
@@ -84,7 +84,7 @@ def verify_steps(
     threads = int(threads or torch.get_num_threads())
     frozen = tuple(frozen)
     store = as_cache(cache)
-    key = timing_key(_device_name(dev), dtype, pass_, spec.signature, channels_last, threads, frozen)
+    key = timing_key(_device_name(dev), dtype, pass_, spec.timed_signature(pass_), channels_last, threads, frozen)
     if early is not None and not 0 < early <= 1:
         raise ValueError(f"early must be a fraction in (0, 1] (the confirm threshold), got {early}")
     tag = f"{method}-step" if early is None else f"{method}-step-e{early:g}-u{unanimous or 0}-m{min_step:g}"
@@ -98,7 +98,6 @@ def verify_steps(
         old_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            pool = [torch.randn(1)]
             need = sorted({*todo, *(c + 1 for c in todo)})
             if session is not None:  # runners already built, most of them warm
                 sess = session()
@@ -107,8 +106,9 @@ def verify_steps(
                 cold = [r for r in need if (r, pass_) not in sess.seen]
                 sess.seen.update((r, pass_) for r in cold)
             else:
-                mods = {r: _module(spec, method, r, beta, frozen, pool) for r in need}
-                run = {r: make_runner(m, spec.input_shape, pass_, dev, dtype, channels_last) for r, m in mods.items()}
+                mods = {r: _module(spec, method, r, beta, frozen, _POOL) for r in need}
+                run = {r: make_runner(m, spec.input_shape, pass_, dev, dtype, channels_last,
+                                      input_requires_grad=spec.input_grad) for r, m in mods.items()}
                 # the size estimate (a warm-up and one timed call) warms the largest
                 est = time_callable(run[max(run)], dev, mode="fixed", number=1, threads=threads)["median_s"]
                 number, cold = _calls_for(est, min_run_time), [r for r in need if r != max(run)]

@@ -54,6 +54,10 @@ class LayerSpec:
     flops_after: int = 0
     time_original: float | None = None  # seconds, filled by rank optimization
     time_decomposed: float | None = None
+    # does training compute the gradient of this layer's input? False for a layer that reads the
+    # network's input directly (a ResNet's conv1): its timed train pass then skips that gradient,
+    # as the network's backward does (on ResNet-50's conv1 here it is half the layer's train call)
+    input_grad: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +91,12 @@ class LayerSpec:
             f"|s={'x'.join(map(str, self.stride))}|p={pad}|d={'x'.join(map(str, self.dilation))}"
             f"|pm={self.padding_mode}|in={'x'.join(map(str, self.input_shape or []))}"
         )
+
+    def timed_signature(self, pass_: str) -> str:
+        """What this layer's timings of ``pass_`` are cached under: :attr:`signature`, and for the
+        ``"train"``/``"step"`` passes of a layer that gets no input gradient (``input_grad``)
+        a curve of its own."""
+        return self.signature + ("" if self.input_grad or pass_ == "forward" else "|ig=0")
 
     def with_ranks(self, ranks: Sequence[int], method: str | None = None, reason: str | None = None) -> "LayerSpec":
         """A copy at other ranks, with params and FLOPs recomputed."""
@@ -214,13 +224,16 @@ class Plan:
 
 
 def _record_shapes(model: nn.Module, example: Any, names: Sequence[str]) -> dict[str, tuple]:
+    """``{layer: (input shape, output shape, reads the example input itself)}`` from one forward."""
     shapes: dict[str, tuple] = {}
     handles = []
     modules = dict(model.named_modules())
+    given = list(example.values()) if isinstance(example, Mapping) else (
+        list(example) if isinstance(example, (tuple, list)) else [example])
     for n in names:
         def hook(mod, inp, out, n=n):
             if n not in shapes and inp and isinstance(inp[0], torch.Tensor):
-                shapes[n] = (list(inp[0].shape), list(out.shape))
+                shapes[n] = (list(inp[0].shape), list(out.shape), any(inp[0] is g for g in given))
         handles.append(modules[n].register_forward_hook(hook))
     was_training = model.training
     model.eval()
@@ -349,7 +362,8 @@ def plan(
         mod = modules[name]
         spec = _base_spec(name, mod)
         if name in shapes:
-            spec.input_shape, spec.output_shape = shapes[name]
+            spec.input_shape, spec.output_shape, reads_input = shapes[name]
+            spec.input_grad = not reads_input
         spec.params_before, spec.flops_before = cost(spec, "keep", [])
         if name in functional:
             layers.append(_keep(spec, "weight read directly by nn.MultiheadAttention; cannot be replaced"))

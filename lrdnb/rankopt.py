@@ -287,7 +287,7 @@ def optimize_ranks(
         a = _plan_alpha(plan, s) if alpha == "plan" else alpha
         ranges[s.name] = rank_range(s, alpha=a)
         beta = s.ranks[1] / s.ranks[0] if s.method == "tucker2" else 0.0
-        groups.setdefault((s.signature, s.method, beta, tuple(ranges[s.name])), []).append(s)
+        groups.setdefault((s.timed_signature(pass_), s.method, beta, tuple(ranges[s.name])), []).append(s)
 
     from tqdm.auto import tqdm
 

@@ -142,6 +142,33 @@ def test_input_shapes_recorded(r50):
     assert p["fc"].input_shape == [2, 2048]
 
 
+def test_layers_reading_the_network_input_train_without_its_gradient(r50):
+    # a ResNet's conv1 (and a ViT's patch projection) reads the batch itself: training computes
+    # no gradient for its input, so its timed train pass must not either (its own signature)
+    p = lrdnb.plan(r50, X64)
+    assert [s.name for s in p if not s.input_grad] == ["conv1"]
+    # its train/step timings are a curve of their own, its forward timings are the signature's
+    assert p["conv1"].timed_signature("train") == p["conv1"].signature + "|ig=0"
+    assert p["conv1"].timed_signature("forward") == p["conv1"].signature
+    assert p["layer1.0.conv1"].timed_signature("train") == p["layer1.0.conv1"].signature
+    vit = lrdnb.plan(torchvision.models.VisionTransformer(32, 16, 1, 2, 32, 64), torch.zeros(1, 3, 32, 32))
+    assert [s.name for s in vit if not s.input_grad] == ["conv_proj"]
+    # plans written before the field existed load as "input gradient computed"
+    d = p["conv1"].to_dict()
+    del d["input_grad"]
+    assert LayerSpec.from_dict(d).input_grad is True
+    # the layer timing honours it: no input gradient in the runner of such a layer
+    from lrdnb.sweeps import _Session
+
+    spec = p["conv1"]
+    sess = _Session(spec, "svd", ("train",), torch.device("cpu"), 1, torch.float32, False, 1.0, (), 1e-4, 4, 0,
+                    size_rank=8)
+    sess._runner(0, "train")()
+    sess._runner(8, "train")()
+    assert not sess.x.requires_grad and sess.x.grad is None
+    torch.set_num_threads(sess.old_threads)
+
+
 def test_no_candidates():
     with pytest.raises(ValueError, match="no nn.Linear or nn.Conv2d"):
         lrdnb.plan(nn.Sequential(nn.ReLU()), torch.zeros(1, 3))
