@@ -3,7 +3,7 @@
 Step time depends only on shapes (DESIGN.md), so sweep results are keyed by
 
     (device_name, torch version, dtype, pass, layer signature (includes the input shape),
-     channels_last, threads, frozen factor roles)
+     channels_last, threads, frozen factor roles, timing protocol)
 
 plus the ``(method, rank)`` of each row. ResNets repeat a handful of signatures dozens of times;
 each is timed once, and a second run reads everything back instantly.
@@ -12,7 +12,9 @@ Files: one CSV per (device, torch, dtype, threads, channels_last) under the cach
 (default ``data/cache/`` in the repository, git-ignored; override with the ``folder`` argument
 or the ``LRDNB_CACHE`` environment variable). Every row also carries its full key and is checked
 on read: a row from another device or torch version (a copied file) is ignored with a warning,
-never used - a CPU timing is never used for CUDA. An unreadable file is moved aside to
+never used - a CPU timing is never used for CUDA. Rows measured by an earlier timing protocol
+(:data:`PROTOCOL`: what a timed call does; files written before it was recorded are protocol 1)
+are kept in the file but not used, with a warning. An unreadable file is moved aside to
 ``*.corrupt`` with a warning and re-measured. Writes are atomic (:func:`lrdnb.results.atomic_write_text`).
 """
 from __future__ import annotations
@@ -31,10 +33,16 @@ import torch
 
 from .results import atomic_write_text
 
-__all__ = ["DEFAULT_FOLDER", "KEY_COLUMNS", "TimingCache", "timing_key", "as_cache"]
+__all__ = ["DEFAULT_FOLDER", "KEY_COLUMNS", "PROTOCOL", "TimingCache", "timing_key", "as_cache"]
 
 DEFAULT_FOLDER = Path(__file__).resolve().parent.parent / "data" / "cache"
-KEY_COLUMNS = ("device_name", "torch", "dtype", "pass", "signature", "channels_last", "threads", "frozen")
+#: What a timed layer call does, versioned: timings of another protocol are not comparable.
+#: 1 (until 2026-12-03): the train pass back-propagated a fresh NCHW gradient (a layout copy per
+#: call in channels_last) and computed an input gradient for every layer; 2: the gradient in the
+#: output's layout, no input gradient for a layer that reads the network's input.
+PROTOCOL = 2
+KEY_COLUMNS = ("device_name", "torch", "dtype", "pass", "signature", "channels_last", "threads", "frozen",
+               "protocol")
 _FILE_KEY = ("device_name", "torch", "dtype", "threads", "channels_last")
 _ROW_ID = KEY_COLUMNS + ("method", "rank")
 _INT = ("rank", "r2", "n", "number", "threads")
@@ -67,6 +75,7 @@ def timing_key(
         "channels_last": bool(channels_last),
         "threads": int(threads or torch.get_num_threads()),
         "frozen": ",".join(frozen),
+        "protocol": PROTOCOL,
     }
 
 
@@ -112,6 +121,8 @@ class TimingCache:
         self._mem.pop(path, None)
         try:
             df = pd.read_csv(path, dtype=str, keep_default_na=False)
+            if "protocol" not in df.columns and len(df.columns):  # written before protocols were recorded
+                df["protocol"] = "1"
             missing = set(_ROW_ID) - set(df.columns)
             if missing:
                 raise ValueError(f"missing columns {sorted(missing)}")
@@ -139,6 +150,11 @@ class TimingCache:
                           f"{seen[:3]} (this is {key['device_name']!r}, torch {key['torch']}); "
                           "timings are only valid on the device that measured them", stacklevel=3)
             df = df[~foreign].reset_index(drop=True)
+        stale = df["protocol"].astype(str) != str(key.get("protocol", PROTOCOL))
+        if stale.any():  # kept (another checkout may still use them), never matched by a lookup
+            warnings.warn(f"timing cache {path.name}: {int(stale.sum())} rows were measured by timing protocol "
+                          f"{sorted(set(df.loc[stale, 'protocol']))} (this code: {PROTOCOL}; see "
+                          "lrdnb.cache.PROTOCOL) and are not used; their layers will be re-timed", stacklevel=3)
         index: dict[tuple, list[dict]] = {}
         for rec in df.to_dict("records"):
             index.setdefault(_ident(rec), []).append(rec)

@@ -180,6 +180,26 @@ def test_cache_keyed_by_device(tmp_path):
     assert cache.lookup(timing_key("cpu:Xeon", torch.float32, "train", "sig", threads=99)) == []
 
 
+def test_cache_ignores_rows_of_an_earlier_timing_protocol(tmp_path):
+    from lrdnb.cache import PROTOCOL
+
+    cache = TimingCache(tmp_path)
+    k = timing_key("cpu:Xeon", torch.float32, "train", "sig")
+    assert k["protocol"] == PROTOCOL >= 2
+    cache.add([_row(4)], {"train": k})
+    # a file written before the protocol was recorded: its timings were taken another way
+    legacy = pd.read_csv(cache.path(k)).drop(columns="protocol")
+    legacy.to_csv(cache.path(k), index=False)
+    with pytest.warns(UserWarning, match=r"1 rows were measured by timing protocol \['1'\].*re-timed"):
+        assert TimingCache(tmp_path).lookup(k) == []
+    fresh = TimingCache(tmp_path)
+    with pytest.warns(UserWarning, match="timing protocol"):
+        fresh.add([_row(5)], {"train": k})
+    assert [r["rank"] for r in fresh.lookup(k)] == [5]  # only the new protocol's row
+    on_disk = pd.read_csv(cache.path(k), dtype=str)
+    assert sorted(zip(on_disk["protocol"], on_disk["rank"])) == [("1", "4"), (str(PROTOCOL), "5")]  # kept
+
+
 def test_cache_corrupt_file_warns(tmp_path):
     cache = TimingCache(tmp_path)
     k = timing_key("cpu:Xeon", torch.float32, "train", "sig")
