@@ -15,8 +15,9 @@ and counts the layers on which both searches chose the same rank. ``--fig2`` run
 search twice on the paper's [512, 512, 3, 3] layer (14 x 14, batch 8) and records both choices.
 ``search_over_plain`` is the rank optimization alone over the median plain time (the
 cold/warm runs' plan + apply are the plain run's work; a slow episode during them moves
-``ratio_to_plain``, not this). ``--fast-repeats 1`` adds, per round, a cold run with one coarse pass instead of ``--repeats``
-(and, with ``--fig2``, two more Fig.-2 searches with it): the cheaper setting side by side.
+``ratio_to_plain``, not this). ``--fast-repeats 1`` adds, per round, a cold run with one coarse
+pass instead of ``--repeats`` (and, with ``--fig2``, two more Fig.-2 searches with it): the
+cheaper setting side by side.
 Writes ``data/rankopt_cost.csv`` / ``.json`` with provenance (``lrdnb.results``).
 
 Run:  .venv/bin/python benchmarks/rankopt_cost.py --threads 1 [--exhaustive] [--fig2]
