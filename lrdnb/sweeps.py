@@ -115,7 +115,6 @@ class _Session:
         self.old_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
-        self.pool = _POOL
         self.x = torch.randn(tuple(spec.input_shape), dtype=dtype)
         self.g = None  # one output gradient for every runner, in the layout the outputs have
         if spec.output_shape:
@@ -142,7 +141,7 @@ class _Session:
         if (r, p) not in self.runners:
             if r not in self.mods:
                 self.mods[r] = _module(self.spec, "keep" if r == 0 else self.method, r, self.beta,
-                                       () if r == 0 else self.frozen, self.pool)
+                                       () if r == 0 else self.frozen, _POOL)
             self.runners[(r, p)] = make_runner(self.mods[r], self.spec.input_shape, p, self.dev, self.dtype,
                                                self.channels_last, input_requires_grad=self.spec.input_grad,
                                                inputs=self.x, grad_output=self.g)
