@@ -9,15 +9,16 @@ Measures, in one run on this device, for a torchvision model with random weights
 
 interleaved ``plain, cold, warm, plain, cold, warm, ..., plain`` so that the machine's slow
 episodes hit all three alike; ratios are each cold/warm run over the median plain time. Records
-distinct layer signatures, timings taken, steps verified, how many layers moved or were kept.
+distinct layer signatures, timings taken, steps verified, how many layers moved, and which were
+kept original (``kept_original``).
 ``--exhaustive`` adds one cold run of the exhaustive search (every rank, the paper's procedure)
 and counts the layers on which both searches chose the same rank. ``--fig2`` runs the staircase
 search twice on the paper's [512, 512, 3, 3] layer (14 x 14, batch 8) and records both choices.
 ``search_over_plain`` is the rank optimization alone over the median plain time (the
 cold/warm runs' plan + apply are the plain run's work; a slow episode during them moves
-``ratio_to_plain``, not this). ``--fast-repeats 1`` adds, per round, a cold run with one coarse
-pass instead of ``--repeats`` (and, with ``--fig2``, two more Fig.-2 searches with it): the
-cheaper setting side by side.
+``ratio_to_plain``, not this). ``--alt-repeats 2`` adds, per round, a cold run with two coarse
+passes instead of ``--repeats`` (default: ``optimize_ranks``' own, one; and, with ``--fig2``, two
+more Fig.-2 searches with it): another setting side by side (column ``setting``: default / alt).
 Writes ``data/rankopt_cost.csv`` / ``.json`` with provenance (``lrdnb.results``).
 
 Run:  .venv/bin/python benchmarks/rankopt_cost.py --threads 1 [--exhaustive] [--fig2]
@@ -39,7 +40,7 @@ import torchvision
 import lrdnb
 from lrdnb.cache import TimingCache
 from lrdnb.provenance import provenance
-from lrdnb.rankopt import optimize_ranks
+from lrdnb.rankopt import STAIRCASE_REPEATS, optimize_ranks
 from lrdnb.results import write_results
 
 
@@ -74,12 +75,13 @@ def optimized_run(name, model, x, device, cache_dir, **opt) -> tuple[dict, lrdnb
                if s.time_original)
     orig = sum(s.time_original for s in p2 if s.time_original)
     moved = sum(a.ranks != b.ranks for a, b in zip(p.decomposed, (p2[s.name] for s in p.decomposed)))
-    kept = sum(p2[s.name].method == "keep" for s in p.decomposed)
+    kept = [s.name for s in p.decomposed if p2[s.name].method == "keep"]
     return ({"run": name, "search": info["search"], "seconds": time.perf_counter() - t0,
              "cpu_s": time.process_time() - c0, "plan_s": t1 - t0, "optimize_s": t2 - t1,
              "signatures": info["signatures"], "signatures_timed": info["signatures_timed"],
-             "timings": info["timings"], "steps_verified": info.get("steps_verified"), "layers": len(p.decomposed),
-             "layers_moved": moved, "layers_kept_original": kept,
+             "timings": info["timings"], "steps_verified": info.get("steps_verified"), "repeats": info["repeats"],
+             "layers": len(p.decomposed),
+             "layers_moved": moved, "layers_kept_original": len(kept), "kept_original": " ".join(kept),
              "predicted_layer_time_vs_original": pred / orig if orig else float("nan"),
              "params_ratio": sum(q.numel() for q in small.parameters()) / sum(q.numel() for q in model.parameters()),
              "load_before": la, "load_after": load_avg()}, p2)
@@ -90,7 +92,7 @@ def same_layers(a: lrdnb.plan.Plan, b: lrdnb.plan.Plan) -> int:
     return sum((a[s.name].method, a[s.name].ranks) == (s.method, s.ranks) for s in b)
 
 
-def run(model_name: str, size: int, batch: int, device: str, rounds: int, exhaustive: bool, fast_repeats: int = 0,
+def run(model_name: str, size: int, batch: int, device: str, rounds: int, exhaustive: bool, alt_repeats: int = 0,
         **opt) -> list[dict]:
     torch.manual_seed(0)
     model = getattr(torchvision.models, model_name)()
@@ -100,28 +102,27 @@ def run(model_name: str, size: int, batch: int, device: str, rounds: int, exhaus
         with tempfile.TemporaryDirectory() as cache_dir:
             for name in ("cold", "warm"):
                 row, p2 = optimized_run(name, model, x, device, cache_dir, **opt)
-                rows.append({**row, "round": k, "repeats": opt.get("repeats", 2)})
+                rows.append({**row, "round": k, "setting": "default"})
                 plans.append(p2)
-        if fast_repeats:
+        if alt_repeats:
             with tempfile.TemporaryDirectory() as cache_dir:
-                row, _ = optimized_run("cold", model, x, device, cache_dir, **{**opt, "repeats": fast_repeats})
-                rows.append({**row, "round": k, "repeats": fast_repeats})
+                row, _ = optimized_run("cold", model, x, device, cache_dir, **{**opt, "repeats": alt_repeats})
+                rows.append({**row, "round": k, "setting": "alt"})
         rows.append(plain_run(model, x))
     if exhaustive:
         with tempfile.TemporaryDirectory() as cache_dir:
             row, p_ex = optimized_run("cold", model, x, device, cache_dir, **{**opt, "search": "exhaustive"})
-        rows.append({**row, "round": rounds})
+        rows.append({**row, "round": rounds, "setting": "exhaustive"})
         rows.append(plain_run(model, x))
         for r in rows:
-            if r["run"] == "cold" and r.get("search") == "staircase" and r["repeats"] == opt.get("repeats", 2):
+            if r["run"] == "cold" and r.get("setting") == "default":
                 p2 = plans[2 * r["round"]]
                 r["same_choice_as_exhaustive"] = same_layers(p2, p_ex)
     # plan stability: per cold round, the fraction of layers whose (method, ranks) another round's
     # cold search also chose, averaged over the other rounds
     cold = plans[0::2]
     for r in rows:
-        if r["run"] == "cold" and r.get("search") == "staircase" and r["repeats"] == opt.get("repeats", 2) \
-                and len(cold) > 1 and r["round"] < rounds:
+        if r["run"] == "cold" and r.get("setting") == "default" and len(cold) > 1:
             k = r["round"]
             r["same_ranks_as_other_rounds"] = statistics.mean(same_layers(cold[k], cold[j]) / len(cold[j])
                                                               for j in range(len(cold)) if j != k)
@@ -148,7 +149,8 @@ def fig2_check(device: str, **opt) -> dict:
     # the settings optimize_ranks uses: its defaults, overridden by the run's options
     o = {k: p.default for k, p in inspect.signature(optimize_ranks).parameters.items()
          if p.default is not inspect.Parameter.empty}
-    o.update(opt)
+    o.update({k: v for k, v in opt.items() if v is not None})
+    o["repeats"] = o["repeats"] or STAIRCASE_REPEATS
     out = []
     for seed in (0, 1):
         t0 = time.perf_counter()
@@ -180,7 +182,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="passes over the coarse grid (default: optimize_ranks' own, 1 for the staircase search)")
     ap.add_argument("--verify-rounds", type=int, default=5, help="paired rounds per located step")
     ap.add_argument("--confirm", type=float, default=0.8, help="fraction of paired rounds that must see the step")
     ap.add_argument("--rounds", type=int, default=2, help="cold/warm pairs (each with its own empty cache)")
@@ -191,8 +194,8 @@ def main() -> None:
                     help="verify located steps one at a time, stop at the first confirmed (cheaper, less stable)")
     ap.add_argument("--fig2", action="store_true", help="also two staircase searches of the Fig.-2 layer")
     ap.add_argument("--no-early-stop", action="store_true", help="verify every located step for all rounds")
-    ap.add_argument("--fast-repeats", type=int, default=0,
-                    help="also one cold run per round with this many coarse passes (e.g. 1), for comparison")
+    ap.add_argument("--alt-repeats", type=int, default=0,
+                    help="also one cold run per round with this many coarse passes (e.g. 2), for comparison")
     ap.add_argument("--channels-last", action="store_true",
                     help="time layers in channels_last (the layout Table 1 trains in); default NCHW")
     ap.add_argument("--tie-tol", type=float, default=None,
@@ -213,7 +216,7 @@ def main() -> None:
         opt["tie_z"] = a.tie_z
     if a.boundaries:
         opt["boundaries"] = True
-    rows = run(a.model, a.size, a.batch, a.device, a.rounds, a.exhaustive, a.fast_repeats, **opt)
+    rows = run(a.model, a.size, a.batch, a.device, a.rounds, a.exhaustive, a.alt_repeats, **opt)
     df = pd.DataFrame(rows)
     meta = provenance(a.device, model=a.model, size=a.size, batch=a.batch, rounds=a.rounds, weights="random",
                       threads=torch.get_num_threads(), search_default="staircase", **opt)
@@ -222,16 +225,16 @@ def main() -> None:
                       "plain runs")
     if a.fig2:
         meta["fig2_staircase"] = fig2_check(a.device, **opt)
-        if a.fast_repeats:
-            meta["fig2_staircase_fast"] = fig2_check(a.device, **{**opt, "repeats": a.fast_repeats})
+        if a.alt_repeats:
+            meta["fig2_staircase_alt"] = fig2_check(a.device, **{**opt, "repeats": a.alt_repeats})
     write_results(df, "rankopt_cost", meta, folder=a.out)
-    cols = [c for c in ("run", "search", "repeats", "round", "seconds", "optimize_s", "ratio_to_plain",
+    cols = [c for c in ("run", "search", "setting", "repeats", "round", "seconds", "optimize_s", "ratio_to_plain",
                         "search_over_plain", "timings",
                         "steps_verified", "layers_moved", "layers_kept_original", "same_choice_as_exhaustive",
                         "same_ranks_as_other_rounds",
                         "predicted_layer_time_vs_original", "params_ratio", "load_before") if c in df]
     print(df[cols].to_string(index=False))
-    for name in ("fig2_staircase", "fig2_staircase_fast"):
+    for name in ("fig2_staircase", "fig2_staircase_alt"):
         for s in meta.get(name, {}).get("sweeps", []):
             print(name, s["seed"], s["seconds"], "s; steps", s["steps"], "verified", s["verified"], "->", s["choice"])
 

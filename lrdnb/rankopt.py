@@ -29,8 +29,12 @@ from .steps import staircase_sweep, verify_steps
 from .sweeps import per_repeat, sweep
 
 __all__ = ["VARIANTS", "SMOOTHERS", "rank_range", "step_table", "top_candidates", "algorithm1", "curve_steps", "joint_select", "optimize_ranks",
-           "runs_channels_last"]
+           "runs_channels_last", "STAIRCASE_REPEATS", "SWEEP_REPEATS"]
 
+#: :func:`optimize_ranks`' default passes over the timed ranks: the staircase search's coarse grid
+#: (its located steps are then re-timed in paired rounds) and the exhaustive sweep's every rank.
+STAIRCASE_REPEATS = 1
+SWEEP_REPEATS = 2
 
 
 def _alpha_eff(spec: LayerSpec, method: str) -> float:
@@ -169,10 +173,11 @@ def optimize_ranks(
     confirm: float = 0.8,
     sequential: bool = False,
     early_stop: bool = True,
+    unanimous: int | None = None,
     tie_tol: float = 0.03,
     tie_z: float = 0.0,
     boundaries: bool = False,
-    repeats: int = 2,
+    repeats: int | None = None,
     orders: Sequence[str] = ("desc", "asc", "shuffle"),
     min_run_time: float = 0.004,
     reference_every: int = 16,
@@ -224,6 +229,9 @@ def optimize_ranks(
             so both are off by default.
         early_stop: stop re-timing a step once it can no longer be confirmed
             (:func:`lrdnb.pairs.verify_steps`, ``early=confirm``; same verdicts, ~15% fewer rounds).
+        unanimous: with ``early_stop``, also stop re-timing a step whose first ``unanimous``
+            paired rounds were all faster (3: chance 1/8 for a non-step, stricter than 4 of 5's
+            6/32); cheaper, the confirmed drops then rest on fewer rounds.
         sequential: staircase search: verify the located steps one at a time and stop at the
             first confirmed (cheaper; with several equal steps the choice may vary between runs).
         search: ``"auto"`` (staircase for Algorithm 1, exhaustive for joint), ``"staircase"`` or
@@ -233,8 +241,12 @@ def optimize_ranks(
             (:func:`lrdnb.pairs.verify_steps`, ``verify_rounds`` rounds) and let only confirmed
             steps compete; ``0`` with ``search="exhaustive", smooth=None, tie_tol=0, min_drop=0``
             is the paper's Algorithm 1 as is.
-        repeats, orders, min_run_time, reference_every, threads: see :func:`lrdnb.sweeps.sweep`
-            (``repeats``: passes over the coarse grid when searching staircases).
+        repeats: passes over the ranks timed (:func:`lrdnb.sweeps.sweep`): over the coarse grid when
+            searching staircases, default 1 there (the located steps are re-timed in paired rounds
+            anyway; on ResNet-50 here a second pass cost ~20% more search time and gave plans no
+            faster: ``benchmarks/rankopt_plans.py --alt``, README), 2 for the exhaustive search
+            (Algorithm 1's ``"consistent"`` smoothing compares the repeats).
+        orders, min_run_time, reference_every, threads: see :func:`lrdnb.sweeps.sweep`.
         channels_last: time the layers in the channels_last memory format; ``"auto"`` (default):
             when the model runs in it (:func:`runs_channels_last`: the example batch or a conv
             weight with a spatial kernel is channels_last), so that ranks are chosen for the
@@ -269,6 +281,10 @@ def optimize_ranks(
         search = "staircase" if method == "algorithm1" else "exhaustive"
     if search == "staircase" and method == "joint":
         raise ValueError("method='joint' needs every rank's time: use search='exhaustive'")
+    if repeats is None:
+        repeats = STAIRCASE_REPEATS if search == "staircase" else SWEEP_REPEATS
+    elif repeats < 1:
+        raise ValueError(f"repeats must be >= 1 (passes over the timed ranks), got {repeats}")
     t_start = time.perf_counter()
     dev = resolve_device(device)
     if channels_last == "auto":
@@ -301,7 +317,7 @@ def optimize_ranks(
                   frozen=frozen.get(key[1], ()), progress=False)
         with store.held() if store is not None else contextlib.nullcontext():  # one write per signature
             df = _time_signature(members[0], key, pass_, search, grid, verify_top, verify_rounds, confirm,
-                                 sequential, early_stop, min_drop, boundaries, kw)
+                                 sequential, early_stop, unanimous, min_drop, boundaries, kw)
         checked[key] = df.attrs.pop("verified", None)  # (attrs are deep-copied by every pandas operation)
         fresh = df[~df["cached"].astype(bool)]
         n_timings += int(fresh["n"].sum())
@@ -325,7 +341,8 @@ def optimize_ranks(
                     vt = verify_steps(members[0], top, pass_, rounds=verify_rounds, device=dev, threads=threads,
                                       dtype=dtype, channels_last=channels_last, method=key[1],
                                       frozen=frozen.get(key[1], ()), min_run_time=min_run_time, cache=store,
-                                      early=confirm if early_stop else None)
+                                      early=confirm if early_stop else None,
+                                      unanimous=unanimous if early_stop else None)
                     n_verified += int((~vt["cached"].astype(bool)).sum())
                 choice, why = algorithm1(r, t2, T, variant=variant, multiple=multiple, smooth=sm,
                                          min_drop=min_drop, verified=vt, tie_tol=tie_tol, confirm=confirm,
@@ -344,7 +361,7 @@ def optimize_ranks(
         "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""), "threads": threads or torch.get_num_threads(),
         "channels_last": channels_last, "frozen": {m: list(r) for m, r in frozen.items() if r},
         "search": search, "grid": grid if search == "staircase" else None, "variant": variant, "smooth": smooth, "multiple": multiple, "min_drop": min_drop, "repeats": repeats,
-        "verify_top": verify_top, "verify_rounds": verify_rounds, "confirm": confirm, "early_stop": early_stop, "sequential": sequential, "tie_tol": tie_tol,
+        "verify_top": verify_top, "verify_rounds": verify_rounds, "confirm": confirm, "early_stop": early_stop, "unanimous": unanimous, "sequential": sequential, "tie_tol": tie_tol,
         "tie_z": tie_z, "boundaries": boundaries if search == "staircase" else None,
         "min_run_time": min_run_time, "signatures": len(groups), "signatures_timed": n_swept,
         "timings": n_timings, "seconds": round(time.perf_counter() - t_start, 3), **info,
@@ -354,13 +371,13 @@ def optimize_ranks(
 
 
 def _time_signature(spec, key, pass_, search, grid, verify_top, verify_rounds, confirm, sequential, early_stop,
-                    min_drop, boundaries, kw) -> pd.DataFrame:
+                    unanimous, min_drop, boundaries, kw) -> pd.DataFrame:
     """One signature's curve: staircase search (steps located and verified) or exhaustive sweep."""
     if search == "staircase":
         return staircase_sweep(spec, ranks=list(key[3]), pass_=pass_, grid=grid, refine=verify_top or 2,
                                verify_rounds=verify_rounds if verify_top else 0,
                                confirm=confirm if sequential else None, early=confirm if early_stop else None,
-                               min_step=min_drop, boundaries=boundaries and not sequential, **kw)
+                               unanimous=unanimous if early_stop else None, min_step=min_drop, boundaries=boundaries and not sequential, **kw)
     return sweep(spec, ranks=list(key[3]), passes=(pass_,), **kw)
 
 

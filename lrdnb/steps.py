@@ -52,6 +52,7 @@ def staircase_sweep(
     verify_rounds: int = 0,
     confirm: float | None = None,
     early: float | None = None,
+    unanimous: int | None = None,
     min_step: float = 0.0,
     boundaries: bool = False,
     device: str | torch.device = "auto",
@@ -115,6 +116,8 @@ def staircase_sweep(
         early: stop verifying a step once it can no longer be confirmed at this fraction of
             rounds (:func:`verify_steps`, ``early``); also the fraction at which a tile
             boundary counts as the step while locating (default 0.8).
+        unanimous: with ``early``, also stop verifying a step whose first ``unanimous`` paired
+            rounds were all faster (:func:`verify_steps`).
         min_step: a tile boundary counts as the step only if its paired drop is at least this
             (relative): a pair with no step still differs by the FLOP slope (~0.3% per rank),
             and that is seen "faster" in most rounds.
@@ -181,7 +184,7 @@ def staircase_sweep(
         return verify_steps(st.spec, cands, pass_, rounds=verify_rounds, device=st.dev, threads=st.threads,
                             dtype=dtype, channels_last=channels_last, method=st.method, beta=st.beta,
                             frozen=st.frozen, min_run_time=min_run_time, cache=st.store, session=session,
-                            early=early, min_step=min_step)
+                            early=early, unanimous=unanimous, min_step=min_step)
 
     try:
         verified = None

@@ -61,3 +61,23 @@ def test_rankopt_plans_times_each_cold_plan_against_lrd():
     for k in ("rank_opt_1", "rank_opt_2"):
         for spec in plans[k].decomposed:
             assert all(a <= b for a, b in zip(spec.ranks, plans["lrd"][spec.name].ranks)), spec.name
+
+
+def test_rankopt_plans_alternative_settings():
+    rp = load_script("rankopt_plans")
+    assert rp.parse_setting("r1u3:repeats=1,unanimous=3") == ("r1u3", {"repeats": 1, "unanimous": 3})
+    assert rp.parse_setting("seq:sequential=True") == ("seq", {"sequential": True})
+    for bad in ("r1", "r1:", "r1:repeat=1", "1x:repeats=1", "r1:repeats"):
+        with pytest.raises(ValueError, match="--alt"):
+            rp.parse_setting(bad)
+    models, plans, search_s = rp.build("resnet10_cpu", size=16, batch=2, plans=1, threads=1, seed=0,
+                                       settings={"r2": {"repeats": 2}})
+    assert list(models) == ["original", "lrd", "rank_opt_1", "r2_1"] and set(search_s) == {"rank_opt_1", "r2_1"}
+    assert plans["r2_1"].meta["rank_optimization"]["repeats"] == 2
+    assert plans["rank_opt_1"].meta["rank_optimization"]["repeats"] == 1  # the staircase search's default
+    df = pd.DataFrame({"variant": list(models), "setting": ["original", "lrd", "rank_opt", "r2"],
+                       "train_vs_lrd_pct": [50.0, 0.0, 10.0, 12.0], "train_vs_lrd_wins": [20, 0, 18, 19],
+                       "infer_vs_lrd_pct": [40.0, 0.0, 8.0, 9.0], "params_ratio": [1.0, 0.5, 0.45, 0.46],
+                       "search_s": [None, None, 8.0, 6.0]})
+    s = rp.setting_summary(df)
+    assert list(s.index) == ["rank_opt", "r2"] and s.loc["r2", "search_s"] == 6.0 and s.loc["r2", "plans"] == 1

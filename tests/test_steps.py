@@ -272,6 +272,32 @@ def test_staircase_and_exhaustive_choose_the_same_rank(fake_device, monkeypatch,
     assert stair.meta["rank_optimization"]["search"] == "staircase"
 
 
+def test_optimize_ranks_unanimous_stops_confirmed_steps_early(fake_device, monkeypatch):
+    # the 65 -> 64 step is faster in every paired round: with unanimous=3 it is confirmed after 3
+    # rounds instead of 5, and the choice is the same
+    def t(r):
+        return 10.0 if r == 0 else 1.0 + 0.002 * r + 0.1 * np.ceil(r / 16) + (0.3 if r > 64 else 0.0)
+
+    def rounds_logged(variants, rounds=5, **kw):
+        fake_device["verified"].append(sorted(int(v) for v in variants))
+        return pd.DataFrame([{"round": k, "variant": v, "median_s": t(int(v))} for k in range(rounds) for v in variants])
+
+    monkeypatch.setattr(sweeps._Session, "_time",
+                        lambda self, k, r, p: (self.seen.add((r, p)), self.seq.append((k, r, p, t(r)))))
+    monkeypatch.setattr(pairs, "interleaved", rounds_logged)
+    torch.manual_seed(0)
+    m, x = Net(), torch.randn(2, 128, 4, 4)
+    p = lrdnb.plan(m, x)
+    rounds = {}
+    for u in (None, 3):
+        fake_device["verified"].clear()
+        q = optimize_ranks(m, x, p, cache=None, repeats=1, unanimous=u, **FAST)
+        rounds[u] = len(fake_device["verified"])
+        assert q.meta["rank_optimization"]["unanimous"] == u
+        assert q["a"].ranks[0] == q["b"].ranks[0] == 64  # the rank just past the 65 -> 64 drop
+    assert 0 < rounds[3] < rounds[None]
+
+
 def test_optimize_ranks_search_errors():
     m, x = Net(), torch.randn(2, 128, 4, 4)
     p = lrdnb.plan(m, x)
@@ -279,6 +305,23 @@ def test_optimize_ranks_search_errors():
         optimize_ranks(m, x, p, search="binary", cache=None)
     with pytest.raises(ValueError, match="exhaustive"):
         optimize_ranks(m, x, p, method="joint", search="staircase", cache=None)
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        optimize_ranks(m, x, p, repeats=0, cache=None)
+
+
+def test_optimize_ranks_default_repeats_per_search(fake_device):
+    # one pass over the staircase's coarse grid (its steps are re-timed in pairs), two over every rank
+    m, x = Net(), torch.randn(2, 128, 4, 4)
+    p = lrdnb.plan(m, x)
+    counts = {}
+    for search in ("staircase", "exhaustive"):
+        fake_device["measured"].clear()
+        q = optimize_ranks(m, x, p, search=search, cache=None, **FAST)
+        counts[search] = pd.Series(fake_device["measured"]).value_counts()
+        assert q.meta["rank_optimization"]["repeats"] == {"staircase": 1, "exhaustive": 2}[search]
+    top = rank_range(p["a"], alpha=2)[0]
+    # (a and b are two curves: a reads the network's input and is timed without an input gradient)
+    assert counts["staircase"][top] == 2 and counts["exhaustive"][top] == 4
 
 
 def test_curve_mixes_sessions_by_ratio():
