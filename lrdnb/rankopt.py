@@ -25,15 +25,14 @@ from . import ranks as R
 from .plan import LayerSpec, Plan
 from .cache import as_cache
 from .choose import SMOOTHERS, VARIANTS, algorithm1, curve_steps, joint_select, step_table, top_candidates
-from .steps import staircase_sweep, verify_steps
+from .steps import STAIRCASE_REPEATS, staircase_sweep, verify_steps
 from .sweeps import per_repeat, sweep
 
 __all__ = ["VARIANTS", "SMOOTHERS", "rank_range", "step_table", "top_candidates", "algorithm1", "curve_steps", "joint_select", "optimize_ranks",
            "runs_channels_last", "STAIRCASE_REPEATS", "SWEEP_REPEATS"]
 
-#: :func:`optimize_ranks`' default passes over the timed ranks: the staircase search's coarse grid
-#: (its located steps are then re-timed in paired rounds) and the exhaustive sweep's every rank.
-STAIRCASE_REPEATS = 1
+#: :func:`optimize_ranks`' default passes over every rank for the exhaustive search (the staircase
+#: search's over its coarse grid: :data:`lrdnb.steps.STAIRCASE_REPEATS`).
 SWEEP_REPEATS = 2
 
 
@@ -243,7 +242,7 @@ def optimize_ranks(
             is the paper's Algorithm 1 as is.
         repeats: passes over the ranks timed (:func:`lrdnb.sweeps.sweep`): over the coarse grid when
             searching staircases, default 1 there (the located steps are re-timed in paired rounds
-            anyway; on ResNet-50 here a second pass cost ~20% more search time and gave plans no
+            anyway; on ResNet-50 here a second pass cost ~10% more search time and gave plans no
             faster: ``benchmarks/rankopt_plans.py --alt``, README), 2 for the exhaustive search
             (Algorithm 1's ``"consistent"`` smoothing compares the repeats).
         orders, min_run_time, reference_every, threads: see :func:`lrdnb.sweeps.sweep`.

@@ -25,7 +25,12 @@ from .choose import confirmed
 from .pairs import verify_steps
 from .sweeps import ORDERS, _order, _Session, _Setup
 
-__all__ = ["coarse_grid", "staircase_sweep", "verify_steps"]
+__all__ = ["coarse_grid", "staircase_sweep", "verify_steps", "STAIRCASE_REPEATS"]
+
+#: Passes over the coarse grid by default (:func:`staircase_sweep`, :func:`lrdnb.rankopt.optimize_ranks`):
+#: the located steps are re-timed in paired rounds anyway, and on ResNet-50 here a second pass
+#: cost ~10% more search time for plans no faster (README, ``benchmarks/rankopt_plans.py --alt``).
+STAIRCASE_REPEATS = 1
 
 
 def coarse_grid(ranks: Sequence[int], grid: int) -> list[int]:
@@ -63,7 +68,7 @@ def staircase_sweep(
     method: str | None = None,
     alpha: float | None = None,
     beta: float | None = None,
-    repeats: int = 2,
+    repeats: int = STAIRCASE_REPEATS,
     orders: Sequence[str] = ORDERS,
     reference_every: int = 4,
     min_run_time: float = 0.01,
