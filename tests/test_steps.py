@@ -250,15 +250,24 @@ class Net(nn.Module):
         return self.b(torch.relu(self.a(x)))
 
 
-@pytest.mark.parametrize("quantum", [8, 16])
-def test_staircase_and_exhaustive_choose_the_same_rank(fake_device, monkeypatch, quantum):
+def tiled_device(monkeypatch, log, quantum):
+    """Sessions and paired rounds read a tiled staircase - a step every ``quantum`` ranks, and a
+    large one (0.3) at 65 -> 64 - and each paired round's ranks are logged in ``log["verified"]``."""
     def t(r):
         return 10.0 if r == 0 else 1.0 + 0.002 * r + 0.1 * np.ceil(r / quantum) + (0.3 if r > 64 else 0.0)
 
+    def rounds_logged(variants, rounds=5, **kw):
+        log["verified"].append(sorted(int(v) for v in variants))
+        return pd.DataFrame([{"round": k, "variant": v, "median_s": t(int(v))} for k in range(rounds) for v in variants])
+
     monkeypatch.setattr(sweeps._Session, "_time",
                         lambda self, k, r, p: (self.seen.add((r, p)), self.seq.append((k, r, p, t(r)))))
-    monkeypatch.setattr(pairs, "interleaved", lambda variants, rounds=5, **kw: pd.DataFrame(
-        [{"round": k, "variant": v, "median_s": t(int(v))} for k in range(rounds) for v in variants]))
+    monkeypatch.setattr(pairs, "interleaved", rounds_logged)
+
+
+@pytest.mark.parametrize("quantum", [8, 16])
+def test_staircase_and_exhaustive_choose_the_same_rank(fake_device, monkeypatch, quantum):
+    tiled_device(monkeypatch, fake_device, quantum)
     torch.manual_seed(0)
     m, x = Net(), torch.randn(2, 128, 4, 4)
     p = lrdnb.plan(m, x)
@@ -275,16 +284,7 @@ def test_staircase_and_exhaustive_choose_the_same_rank(fake_device, monkeypatch,
 def test_optimize_ranks_unanimous_stops_confirmed_steps_early(fake_device, monkeypatch):
     # the 65 -> 64 step is faster in every paired round: with unanimous=3 it is confirmed after 3
     # rounds instead of 5, and the choice is the same
-    def t(r):
-        return 10.0 if r == 0 else 1.0 + 0.002 * r + 0.1 * np.ceil(r / 16) + (0.3 if r > 64 else 0.0)
-
-    def rounds_logged(variants, rounds=5, **kw):
-        fake_device["verified"].append(sorted(int(v) for v in variants))
-        return pd.DataFrame([{"round": k, "variant": v, "median_s": t(int(v))} for k in range(rounds) for v in variants])
-
-    monkeypatch.setattr(sweeps._Session, "_time",
-                        lambda self, k, r, p: (self.seen.add((r, p)), self.seq.append((k, r, p, t(r)))))
-    monkeypatch.setattr(pairs, "interleaved", rounds_logged)
+    tiled_device(monkeypatch, fake_device, 16)
     torch.manual_seed(0)
     m, x = Net(), torch.randn(2, 128, 4, 4)
     p = lrdnb.plan(m, x)
