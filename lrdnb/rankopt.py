@@ -176,6 +176,7 @@ def optimize_ranks(
     tie_tol: float = 0.03,
     tie_z: float = 0.0,
     boundaries: bool = False,
+    slower: float | None = 1.1,
     repeats: int | None = None,
     orders: Sequence[str] = ("desc", "asc", "shuffle"),
     min_run_time: float = 0.004,
@@ -226,6 +227,12 @@ def optimize_ranks(
             Neither this nor ``tie_z`` made ResNet-50's plans more alike across cold searches on
             this CPU (``benchmarks/plan_stability.py``: steps of 5-10%, ~4% standard error per verification),
             so both are off by default.
+        slower: staircase search: a layer whose every coarse rank measured at least this multiple of
+            the original's time keeps the original without its steps being located or verified
+            (Algorithm 1 would keep it: the chosen rank takes about its coarse interval's time);
+            ``None``: always search. On ResNet-50 in NCHW on this CPU that is
+            ``layer4.0.downsample.0`` (a 1x1 convolution at 2x2 output pixels, every rank 1.3-1.8x
+            the original; kept in 9 of 12 full searches).
         early_stop: stop re-timing a step once it can no longer be confirmed
             (:func:`lrdnb.pairs.verify_steps`, ``early=confirm``; same verdicts, ~15% fewer rounds).
         unanimous: with ``early_stop``, also stop re-timing a step whose first ``unanimous``
@@ -308,6 +315,7 @@ def optimize_ranks(
 
     curves: dict[tuple, pd.DataFrame] = {}
     checked: dict[tuple, pd.DataFrame | None] = {}  # staircase search: its paired verification
+    hopeless: set[tuple] = set()  # staircase search: every coarse rank >= slower x the original
     n_timings, n_swept = 0, 0
     store = as_cache(cache)
     for key, members in tqdm(groups.items(), desc="rank optimization", unit="signature", disable=not progress):
@@ -316,8 +324,10 @@ def optimize_ranks(
                   frozen=frozen.get(key[1], ()), progress=False)
         with store.held() if store is not None else contextlib.nullcontext():  # one write per signature
             df = _time_signature(members[0], key, pass_, search, grid, verify_top, verify_rounds, confirm,
-                                 sequential, early_stop, unanimous, min_drop, boundaries, kw)
+                                 sequential, early_stop, unanimous, min_drop, boundaries, slower, kw)
         checked[key] = df.attrs.pop("verified", None)  # (attrs are deep-copied by every pandas operation)
+        if df.attrs.pop("hopeless", False):
+            hopeless.add(key)
         fresh = df[~df["cached"].astype(bool)]
         n_timings += int(fresh["n"].sum())
         n_swept += int(not fresh.empty)
@@ -330,7 +340,11 @@ def optimize_ranks(
         for key, members in groups.items():
             r, t2, tm, T = _curve(curves[key], pass_)
             sm = "median3" if smooth == "consistent" and t2.shape[0] < 2 else smooth  # one repeat: no pairs
-            if len(r) >= 2:
+            if key in hopeless:
+                choice = None
+                why = (f"Algorithm 1: every coarse rank at least {slower:g}x the original's time (best "
+                       f"{min(tm) / T:.2f}x), so no rank beats it: original layer kept, no steps located")
+            elif len(r) >= 2:
                 vt = None
                 if verify_top and search == "staircase":
                     vt = checked[key]  # re-timed in the search's own session
@@ -362,6 +376,7 @@ def optimize_ranks(
         "search": search, "grid": grid if search == "staircase" else None, "variant": variant, "smooth": smooth, "multiple": multiple, "min_drop": min_drop, "repeats": repeats,
         "verify_top": verify_top, "verify_rounds": verify_rounds, "confirm": confirm, "early_stop": early_stop, "unanimous": unanimous, "sequential": sequential, "tie_tol": tie_tol,
         "tie_z": tie_z, "boundaries": boundaries if search == "staircase" else None,
+        "slower": slower if search == "staircase" else None, "kept_unsearched": len(hopeless),
         "min_run_time": min_run_time, "signatures": len(groups), "signatures_timed": n_swept,
         "timings": n_timings, "seconds": round(time.perf_counter() - t_start, 3), **info,
     }
@@ -370,13 +385,13 @@ def optimize_ranks(
 
 
 def _time_signature(spec, key, pass_, search, grid, verify_top, verify_rounds, confirm, sequential, early_stop,
-                    unanimous, min_drop, boundaries, kw) -> pd.DataFrame:
+                    unanimous, min_drop, boundaries, slower, kw) -> pd.DataFrame:
     """One signature's curve: staircase search (steps located and verified) or exhaustive sweep."""
     if search == "staircase":
         return staircase_sweep(spec, ranks=list(key[3]), pass_=pass_, grid=grid, refine=verify_top or 2,
                                verify_rounds=verify_rounds if verify_top else 0,
                                confirm=confirm if sequential else None, early=confirm if early_stop else None,
-                               unanimous=unanimous if early_stop else None, min_step=min_drop, boundaries=boundaries and not sequential, **kw)
+                               unanimous=unanimous if early_stop else None, min_step=min_drop, slower=slower, boundaries=boundaries and not sequential, **kw)
     return sweep(spec, ranks=list(key[3]), passes=(pass_,), **kw)
 
 

@@ -60,6 +60,7 @@ def staircase_sweep(
     unanimous: int | None = None,
     min_step: float = 0.0,
     boundaries: bool = False,
+    slower: float | None = None,
     device: str | torch.device = "auto",
     threads: int | None = None,
     dtype: torch.dtype = torch.float32,
@@ -134,6 +135,10 @@ def staircase_sweep(
             steps, one per multiple of 16) and the plans with it. Measured on ResNet-50 here
             (``benchmarks/plan_stability.py``) that did not make plans more alike: the paired
             drops themselves are too noisy (~4% standard error on 5-10% steps) to rank.
+        slower: if every coarse rank's time is at least this multiple of the original layer's
+            (e.g. 1.1), no step is located or verified (``attrs["steps"]`` empty): Algorithm 1 keeps
+            the original layer then whatever the steps, as a 1x1 convolution at 2x2 pixels in NCHW
+            on this CPU (ResNet-50's ``layer4.0.downsample.0``: every rank 1.3-1.8x the original).
         repeats: passes over the coarse grid (each probe is timed once).
         Others: as :func:`lrdnb.sweeps.sweep`.
 
@@ -192,14 +197,18 @@ def staircase_sweep(
                             early=early, unanimous=unanimous, min_step=min_step)
 
     try:
-        verified = None
+        verified, hopeless = None, False
         if found is not None and not todo and all(st.have(c, 1) for c in found):
             steps = found
+            hopeless = not found and slower is not None and min(cached_ratio(r, repeats) for r in coarse) >= slower
             if verify_rounds:
                 verified = verify(tried or [])
         else:
             val = _coarse_values(session, cached_ratio, coarse, todo, repeats, orders, rng, pass_)
-            picks = _picks(val, coarse, refine, substantial)
+            # every coarse rank clearly slower than the original: Algorithm 1 keeps the original
+            # whatever the steps (the chosen rank's time is about that of its coarse interval's ends)
+            hopeless = slower is not None and min(val.values()) >= slower
+            picks = [] if hopeless else _picks(val, coarse, refine, substantial)
 
             def probe(r: int) -> float:
                 if r not in val:
@@ -239,6 +248,7 @@ def staircase_sweep(
         bar.close()
     df = st.frame(measured, st.ranks)
     df.attrs["steps"] = steps
+    df.attrs["hopeless"] = hopeless
     df.attrs["verified"] = verified
     df.attrs["coarse"] = coarse
     return df

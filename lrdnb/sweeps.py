@@ -179,7 +179,7 @@ class _Session:
 
     def ratio(self, r: int, p: str) -> float:
         """Median over this session's measurements of ``t(r) / reference`` so far."""
-        return float(np.median([x[3] for x in _ratios(self.seq, p) if x[2] == r]))
+        return float(np.median([x[4] for x in _ratios(self.seq, p) if x[2] == r]))
 
 
 def _ratios(seq, p) -> list[tuple[int, int, int, float, float]]:

@@ -5,6 +5,8 @@ The device is replaced by a synthetic staircase (what this CPU's oneDNN kernels 
 Fig. 2 show) so that the assertions are exact; the real-device path runs in test_rankopt.py and
 benchmarks/rankopt_cost.py.
 """
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -276,7 +278,7 @@ def test_staircase_and_exhaustive_choose_the_same_rank(fake_device, monkeypatch,
     kw = dict(cache=None, repeats=2, **FAST)
     stair = optimize_ranks(m, x, p, search="staircase", **kw)
     exh = optimize_ranks(m, x, p, search="exhaustive", **kw)
-    assert stair["a"].ranks[0] == exh["a"].ranks[0] == 64  # the rank just past the 65 -> 64 drop
+    assert stair["a"].ranks[:1] == exh["a"].ranks[:1] == [64], (stair["a"].reason, exh["a"].reason)  # the rank just past the 65 -> 64 drop
     assert stair.meta["rank_optimization"]["timings"] < exh.meta["rank_optimization"]["timings"] / 2
     assert stair.meta["rank_optimization"]["search"] == "staircase"
 
@@ -361,3 +363,34 @@ def test_verify_steps_warms_up_each_new_shape_once(monkeypatch):
                        progress=False)
     # min_run_time ~0: one call per measurement; the largest rank (37) also ran the size estimate
     assert calls == {37: rounds + 2, 36: rounds + 1, 33: rounds + 1, 32: rounds + 1}
+
+
+def test_session_ratio_is_normalised_by_the_interpolated_reference():
+    s = sweeps._Session(spec(), "tucker2", ("train",), torch.device("cpu"), 1, torch.float32, False, 1.0, (), 1e-4,
+                        16, 0, size_rank=38)
+    # reference 10 s before and 20 s after: the rank between them is compared with 15 s
+    s.seq = [(0, 0, "train", 10.0), (0, 38, "train", 3.0), (0, 0, "train", 20.0)]
+    assert s.ratio(38, "train") == pytest.approx(0.2)
+
+
+def test_optimize_ranks_keeps_a_hopeless_layer_without_locating_steps(fake_device, monkeypatch, tmp_path):
+    # the original layer takes 0.5 s, every decomposed rank >= 1 s: no rank can beat it
+    monkeypatch.setattr(sweeps._Session, "_time", lambda self, k, r, p: (
+        self.seen.add((r, p)), self.seq.append((k, r, p, 0.5 if r == 0 else stair_time(r)))))
+    m, x = Net(), torch.randn(2, 128, 4, 4)
+    p = lrdnb.plan(m, x)
+    q = optimize_ranks(m, x, p, cache=TimingCache(tmp_path), **FAST)
+    assert fake_device["verified"] == []  # nothing re-timed in pairs
+    info = q.meta["rank_optimization"]
+    assert info["slower"] == 1.1 and info["kept_unsearched"] == info["signatures"] == 2
+    for name in ("a", "b"):
+        assert q[name].method == "keep" and "no steps located" in q[name].reason
+        best = float(re.search(r"best ([0-9.]+)x", q[name].reason).group(1))
+        assert best >= 1.1 and q[name].time_decomposed == q[name].time_original  # kept: its own time
+    # a warm run replays the same decision; searching anyway keeps the original too, after paired checks
+    again = optimize_ranks(m, x, p, cache=TimingCache(tmp_path), **FAST)
+    assert again.meta["rank_optimization"]["timings"] == 0 and again.meta["rank_optimization"]["kept_unsearched"] == 2
+    assert [s.reason for s in again] == [s.reason for s in q]
+    full = optimize_ranks(m, x, p, cache=None, slower=None, **FAST)
+    assert fake_device["verified"] and full.meta["rank_optimization"]["kept_unsearched"] == 0
+    assert all(full[n].method == "keep" and "no steps located" not in full[n].reason for n in ("a", "b"))
