@@ -82,6 +82,7 @@ def optimized_run(name, model, x, device, cache_dir, **opt) -> tuple[dict, lrdnb
              "timings": info["timings"], "steps_verified": info.get("steps_verified"), "repeats": info["repeats"],
              "layers": len(p.decomposed),
              "layers_moved": moved, "layers_kept_original": len(kept), "kept_original": " ".join(kept),
+             "kept_unsearched": info.get("kept_unsearched"),
              "predicted_layer_time_vs_original": pred / orig if orig else float("nan"),
              "params_ratio": sum(q.numel() for q in small.parameters()) / sum(q.numel() for q in model.parameters()),
              "load_before": la, "load_after": load_avg()}, p2)
