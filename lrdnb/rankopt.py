@@ -376,7 +376,7 @@ def optimize_ranks(
         "search": search, "grid": grid if search == "staircase" else None, "variant": variant, "smooth": smooth, "multiple": multiple, "min_drop": min_drop, "repeats": repeats,
         "verify_top": verify_top, "verify_rounds": verify_rounds, "confirm": confirm, "early_stop": early_stop, "unanimous": unanimous, "sequential": sequential, "tie_tol": tie_tol,
         "tie_z": tie_z, "boundaries": boundaries if search == "staircase" else None,
-        "slower": slower if search == "staircase" else None, "kept_unsearched": len(hopeless),
+        "slower": slower if search == "staircase" else None, "kept_unsearched": sum(len(groups[k]) for k in hopeless),
         "min_run_time": min_run_time, "signatures": len(groups), "signatures_timed": n_swept,
         "timings": n_timings, "seconds": round(time.perf_counter() - t_start, 3), **info,
     }
