@@ -376,7 +376,8 @@ def optimize_ranks(
         "search": search, "grid": grid if search == "staircase" else None, "variant": variant, "smooth": smooth, "multiple": multiple, "min_drop": min_drop, "repeats": repeats,
         "verify_top": verify_top, "verify_rounds": verify_rounds, "confirm": confirm, "early_stop": early_stop, "unanimous": unanimous, "sequential": sequential, "tie_tol": tie_tol,
         "tie_z": tie_z, "boundaries": boundaries if search == "staircase" else None,
-        "slower": slower if search == "staircase" else None, "kept_unsearched": sum(len(groups[k]) for k in hopeless),
+        "slower": slower if search == "staircase" else None,
+        "kept_unsearched": sum(len(groups[k]) for k in hopeless),
         "min_run_time": min_run_time, "signatures": len(groups), "signatures_timed": n_swept,
         "timings": n_timings, "seconds": round(time.perf_counter() - t_start, 3), **info,
     }
@@ -391,7 +392,8 @@ def _time_signature(spec, key, pass_, search, grid, verify_top, verify_rounds, c
         return staircase_sweep(spec, ranks=list(key[3]), pass_=pass_, grid=grid, refine=verify_top or 2,
                                verify_rounds=verify_rounds if verify_top else 0,
                                confirm=confirm if sequential else None, early=confirm if early_stop else None,
-                               unanimous=unanimous if early_stop else None, min_step=min_drop, slower=slower, boundaries=boundaries and not sequential, **kw)
+                               unanimous=unanimous if early_stop else None, min_step=min_drop, slower=slower,
+                               boundaries=boundaries and not sequential, **kw)
     return sweep(spec, ranks=list(key[3]), passes=(pass_,), **kw)
 
 

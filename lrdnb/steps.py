@@ -176,15 +176,18 @@ def staircase_sweep(
 
     # the search's outcome is cached too: a warm run re-uses it instead of re-deciding from values
     # that the closing reference re-normalised (rows: the located steps, r2 = order; candidates
-    # tried and rejected on the way, r2 = 1000 + order)
+    # tried and rejected on the way, r2 = 1000 + order; no step located because every coarse rank
+    # was ``slower``, one row r2 = -1)
     tag = (f"{st.method}-stairs-g{grid}-k{refine}-s{substantial:g}-{st.ranks[0]}-{st.ranks[-1]}"
            + ("-b" if boundaries and verify_rounds else ""))
     found = tried = None
+    hopeless_row: list = []
     if st.store is not None:
         rows = [r for r in st.store.lookup(st.keys[pass_]) if r["method"] == tag and r["n"] >= repeats]
         if rows:
             rows = sorted(rows, key=lambda r: r["r2"])
-            found = [int(r["rank"]) for r in rows if r["rank"] > 0 and r["r2"] < 1000]
+            found = [int(r["rank"]) for r in rows if r["rank"] > 0 and 0 <= r["r2"] < 1000]
+            hopeless_row = [r for r in rows if r["r2"] < 0]
             tried = [int(r["rank"]) for r in rows if r["rank"] > 0]
     todo = [r for r in coarse if not st.have(r, repeats)]
     measured: list[dict] = []
@@ -200,7 +203,7 @@ def staircase_sweep(
         verified, hopeless = None, False
         if found is not None and not todo and all(st.have(c, 1) for c in found):
             steps = found
-            hopeless = not found and slower is not None and min(cached_ratio(r, repeats) for r in coarse) >= slower
+            hopeless = bool(hopeless_row)  # replayed, not re-decided from re-normalised values
             if verify_rounds:
                 verified = verify(tried or [])
         else:
@@ -236,8 +239,8 @@ def staircase_sweep(
             for c in steps:  # Algorithm 1 reads the chosen rank's time off the curve
                 probe(c)
             if st.store is not None:
-                st.store.add([{"method": tag, "rank": c, "r2": i, "pass": pass_, "median_s": 0.0, "n": repeats}
-                              for i, c in enumerate(steps or [0])]
+                st.store.add([{"method": tag, "rank": c, "r2": -1 if hopeless else i, "pass": pass_, "median_s": 0.0,
+                               "n": repeats} for i, c in enumerate(steps or [0])]
                              + [{"method": tag, "rank": c, "r2": 1000 + i, "pass": pass_, "median_s": 0.0,
                                  "n": repeats} for i, c in enumerate(tried) if c not in steps], st.keys)
         if sess:
