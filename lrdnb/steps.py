@@ -181,13 +181,13 @@ def staircase_sweep(
     tag = (f"{st.method}-stairs-g{grid}-k{refine}-s{substantial:g}-{st.ranks[0]}-{st.ranks[-1]}"
            + ("-b" if boundaries and verify_rounds else ""))
     found = tried = None
-    hopeless_row: list = []
+    was_hopeless = False
     if st.store is not None:
         rows = [r for r in st.store.lookup(st.keys[pass_]) if r["method"] == tag and r["n"] >= repeats]
         if rows:
             rows = sorted(rows, key=lambda r: r["r2"])
             found = [int(r["rank"]) for r in rows if r["rank"] > 0 and 0 <= r["r2"] < 1000]
-            hopeless_row = [r for r in rows if r["r2"] < 0]
+            was_hopeless = any(r["r2"] < 0 for r in rows)
             tried = [int(r["rank"]) for r in rows if r["rank"] > 0]
     todo = [r for r in coarse if not st.have(r, repeats)]
     measured: list[dict] = []
@@ -203,7 +203,7 @@ def staircase_sweep(
         verified, hopeless = None, False
         if found is not None and not todo and all(st.have(c, 1) for c in found):
             steps = found
-            hopeless = bool(hopeless_row)  # replayed, not re-decided from re-normalised values
+            hopeless = was_hopeless  # replayed, not re-decided from re-normalised values
             if verify_rounds:
                 verified = verify(tried or [])
         else:
