@@ -242,7 +242,7 @@ def test_profiler_chatter_is_dropped_other_stderr_kept(capfd):
     assert "profiler_start" not in capfd.readouterr().err
 
 
-def test_op_time_breakdown_categories():
+def test_op_time_breakdown_categories(monkeypatch):
     torch.set_num_threads(1)
     net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
     x = torch.randn(4, 16, 16, 16)
@@ -252,4 +252,10 @@ def test_op_time_breakdown_categories():
     assert {"flop", "batchnorm", "activation"} <= cats
     assert list(df["seconds"]) == sorted(df["seconds"], reverse=True)
     flop = float(df.loc[df["category"] == "flop", "share"].iloc[0])
-    assert flop == pytest.approx(T.flop_time_share(lambda: net(x).sum().backward(), calls=2), abs=0.15)
+    assert 0.3 < flop < 1.0  # the convolution's forward + backward lead (0.67-0.82 here)
+    # flop_time_share is the flop row of the breakdown (compared on one profile: two separate
+    # profiles of a millisecond step differ by more than any tolerance in a slow episode)
+    from lrdnb.experiments import optime
+
+    monkeypatch.setattr(optime, "op_time_breakdown", lambda fn, calls=3: df)
+    assert T.flop_time_share(lambda: None, calls=2) == pytest.approx(flop)
