@@ -16,9 +16,10 @@ and counts the layers on which both searches chose the same rank. ``--fig2`` run
 search twice on the paper's [512, 512, 3, 3] layer (14 x 14, batch 8) and records both choices.
 ``search_over_plain`` is the rank optimization alone over the median plain time (the
 cold/warm runs' plan + apply are the plain run's work; a slow episode during them moves
-``ratio_to_plain``, not this). ``--alt-repeats 2`` adds, per round, a cold run with two coarse
-passes instead of ``--repeats`` (default: ``optimize_ranks``' own, one; and, with ``--fig2``, two
-more Fig.-2 searches with it): another setting side by side (column ``setting``: default / alt).
+``ratio_to_plain``, not this). ``--alt NAME:key=value,...`` (repeatable) adds, per round, a cold
+run with other ``optimize_ranks`` options (and, with ``--fig2``, two more Fig.-2 searches with
+them): another setting side by side (column ``setting``: default / NAME). ``--alt-repeats 2`` is
+``--alt alt:repeats=2`` (two coarse passes instead of the default one).
 Writes ``data/rankopt_cost.csv`` / ``.json`` with provenance (``lrdnb.results``).
 
 Run:  .venv/bin/python benchmarks/rankopt_cost.py --threads 1 [--exhaustive] [--fig2]
@@ -40,7 +41,7 @@ import torchvision
 import lrdnb
 from lrdnb.cache import TimingCache
 from lrdnb.provenance import provenance
-from lrdnb.rankopt import STAIRCASE_REPEATS, optimize_ranks
+from lrdnb.rankopt import STAIRCASE_REPEATS, optimize_ranks, parse_setting
 from lrdnb.results import write_results
 
 
@@ -93,8 +94,10 @@ def same_layers(a: lrdnb.plan.Plan, b: lrdnb.plan.Plan) -> int:
     return sum((a[s.name].method, a[s.name].ranks) == (s.method, s.ranks) for s in b)
 
 
-def run(model_name: str, size: int, batch: int, device: str, rounds: int, exhaustive: bool, alt_repeats: int = 0,
-        **opt) -> list[dict]:
+def run(model_name: str, size: int, batch: int, device: str, rounds: int, exhaustive: bool,
+        alts: dict[str, dict] | None = None, **opt) -> list[dict]:
+    """The interleaved plain / cold / warm runs (and, per round, one cold run per ``alts`` setting:
+    ``{name: optimize_ranks options}``, column ``setting``)."""
     torch.manual_seed(0)
     model = getattr(torchvision.models, model_name)()
     x = torch.randn(batch, 3, size, size)
@@ -105,10 +108,10 @@ def run(model_name: str, size: int, batch: int, device: str, rounds: int, exhaus
                 row, p2 = optimized_run(name, model, x, device, cache_dir, **opt)
                 rows.append({**row, "round": k, "setting": "default"})
                 plans.append(p2)
-        if alt_repeats:
+        for name, alt in (alts or {}).items():
             with tempfile.TemporaryDirectory() as cache_dir:
-                row, _ = optimized_run("cold", model, x, device, cache_dir, **{**opt, "repeats": alt_repeats})
-                rows.append({**row, "round": k, "setting": "alt"})
+                row, _ = optimized_run("cold", model, x, device, cache_dir, **{**opt, **alt})
+                rows.append({**row, "round": k, "setting": name})
         rows.append(plain_run(model, x))
     if exhaustive:
         with tempfile.TemporaryDirectory() as cache_dir:
@@ -159,7 +162,7 @@ def fig2_check(device: str, **opt) -> dict:
                              refine=o["verify_top"], verify_rounds=o["verify_rounds"],
                              confirm=o["confirm"] if o["sequential"] else None,
                              early=o["confirm"] if o["early_stop"] else None, min_step=o["min_drop"],
-                             boundaries=o["boundaries"] and not o["sequential"],
+                             boundaries=o["boundaries"] and not o["sequential"], locate=o["locate"],
                              repeats=o["repeats"], min_run_time=o["min_run_time"],
                              reference_every=o["reference_every"], channels_last=o["channels_last"],
                              device=device, seed=seed)
@@ -196,7 +199,10 @@ def main() -> None:
     ap.add_argument("--fig2", action="store_true", help="also two staircase searches of the Fig.-2 layer")
     ap.add_argument("--no-early-stop", action="store_true", help="verify every located step for all rounds")
     ap.add_argument("--alt-repeats", type=int, default=0,
-                    help="also one cold run per round with this many coarse passes (e.g. 2), for comparison")
+                    help="also one cold run per round with this many coarse passes (e.g. 2): --alt alt:repeats=N")
+    ap.add_argument("--alt", action="append", default=[], metavar="NAME:key=value,...",
+                    help="also one cold run per round with these optimize_ranks options (repeatable), "
+                         "e.g. lb:locate='boundary'")
     ap.add_argument("--channels-last", action="store_true",
                     help="time layers in channels_last (the layout Table 1 trains in); default NCHW")
     ap.add_argument("--tie-tol", type=float, default=None,
@@ -217,17 +223,20 @@ def main() -> None:
         opt["tie_z"] = a.tie_z
     if a.boundaries:
         opt["boundaries"] = True
-    rows = run(a.model, a.size, a.batch, a.device, a.rounds, a.exhaustive, a.alt_repeats, **opt)
+    alts = dict(parse_setting(t) for t in a.alt)
+    if a.alt_repeats:
+        alts["alt"] = {"repeats": a.alt_repeats}
+    rows = run(a.model, a.size, a.batch, a.device, a.rounds, a.exhaustive, alts, **opt)
     df = pd.DataFrame(rows)
     meta = provenance(a.device, model=a.model, size=a.size, batch=a.batch, rounds=a.rounds, weights="random",
-                      threads=torch.get_num_threads(), search_default="staircase", **opt)
+                      threads=torch.get_num_threads(), search_default="staircase", alt=alts, **opt)
     meta["paper_table2_s"] = {"resnet50": {"vanilla": 30, "rank_optimization": 264}}
     meta["caveat"] = ("load_before/after is the 1-min load average; ratios use the median of the interleaved "
                       "plain runs")
     if a.fig2:
         meta["fig2_staircase"] = fig2_check(a.device, **opt)
-        if a.alt_repeats:
-            meta["fig2_staircase_alt"] = fig2_check(a.device, **{**opt, "repeats": a.alt_repeats})
+        for name, alt in alts.items():
+            meta[f"fig2_staircase_{name}"] = fig2_check(a.device, **{**opt, **alt})
     write_results(df, "rankopt_cost", meta, folder=a.out)
     cols = [c for c in ("run", "search", "setting", "repeats", "round", "seconds", "optimize_s", "ratio_to_plain",
                         "search_over_plain", "timings",
@@ -235,7 +244,7 @@ def main() -> None:
                         "same_ranks_as_other_rounds",
                         "predicted_layer_time_vs_original", "params_ratio", "load_before") if c in df]
     print(df[cols].to_string(index=False))
-    for name in ("fig2_staircase", "fig2_staircase_alt"):
+    for name in ["fig2_staircase"] + [f"fig2_staircase_{n}" for n in alts]:
         for s in meta.get(name, {}).get("sweeps", []):
             print(name, s["seed"], s["seconds"], "s; steps", s["steps"], "verified", s["verified"], "->", s["choice"])
 

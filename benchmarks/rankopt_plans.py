@@ -3,7 +3,7 @@
 Cold rank searches on this CPU return different plans (``benchmarks/plan_stability.py``), so
 Table 1's Rank Opt. row measures one draw. Here ``--plans K`` independent cold searches of
 ResNet-50 (each ``lrdnb.rankopt.optimize_ranks`` with its own empty timing cache, Table 1's
-settings: 64 px, batch 16, 1 thread, channels_last) give K Rank Opt. models, which are timed
+settings: 64 px, batch 16, 1 thread, channels_last; ``--nchw``: NCHW) give K Rank Opt. models, which are timed
 round-robin beside the original and the plain LRD model (every round all K + 2 variants in a
 rotating order; train = forward + backward + SGD step, infer = eval forward; each measurement one
 block of ``--calls`` calls after one warm-up call per variant, as Table 1's ``cpu`` profile).
@@ -23,8 +23,6 @@ Takes ~5 min on a quiet 2-core CPU (4 plans, 20 rounds).
 from __future__ import annotations
 
 import argparse
-import ast
-import inspect
 import tempfile
 import time
 
@@ -36,35 +34,15 @@ from lrdnb.cache import TimingCache
 from lrdnb.experiments.throughput import count_flops, pass_summary, sign_test
 from lrdnb.models import get_model
 from lrdnb.provenance import provenance
-from lrdnb.rankopt import optimize_ranks
+from lrdnb.rankopt import optimize_ranks, parse_setting
 from lrdnb.results import read_results, save_figure, write_results
 from lrdnb.timing import interleaved, make_runner
 
 PASSES = {"train": "step", "infer": "forward"}
 
 
-def parse_setting(text: str) -> tuple[str, dict]:
-    """``"NAME:key=value,key=value"`` (values as Python literals) -> ``(NAME, {key: value})``:
-    options of :func:`lrdnb.rankopt.optimize_ranks` for ``--alt``."""
-    name, _, opts = text.partition(":")
-    if not name.isidentifier() or not opts:
-        raise ValueError(f"--alt wants NAME:key=value[,key=value...], e.g. r1:repeats=1; got {text!r}")
-    known = inspect.signature(optimize_ranks).parameters
-    out = {}
-    for item in opts.split(","):
-        k, eq, v = item.partition("=")
-        if not eq or k.strip() not in known:
-            raise ValueError(f"--alt {text!r}: {k.strip()!r} is not an option of optimize_ranks "
-                             f"(e.g. repeats, unanimous, verify_rounds, sequential)")
-        try:
-            out[k.strip()] = ast.literal_eval(v.strip())
-        except (ValueError, SyntaxError):
-            out[k.strip()] = v.strip()
-    return name, out
-
-
 def build(model_name: str, size: int, batch: int, plans: int, threads: int, seed: int,
-          settings: dict[str, dict] | None = None):
+          settings: dict[str, dict] | None = None, channels_last: bool = True):
     """The models: original, LRD, and ``plans`` cold Rank Opt. plans per setting (``rank_opt``:
     the defaults; the searches of the settings interleaved, so a slow episode hits all alike)."""
     settings = {"rank_opt": {}, **(settings or {})}
@@ -79,7 +57,8 @@ def build(model_name: str, size: int, batch: int, plans: int, threads: int, seed
             with tempfile.TemporaryDirectory() as d:
                 t0 = time.perf_counter()
                 found[f"{name}_{k + 1}"] = optimize_ranks(base, x, lrd_plan, method="algorithm1", device="cpu",
-                                                          threads=threads, channels_last=True, cache=TimingCache(d),
+                                                          threads=threads, channels_last=channels_last,
+                                                          cache=TimingCache(d),
                                                           progress=False, **settings[name])
                 search_s[f"{name}_{k + 1}"] = time.perf_counter() - t0
     found = {v: found[v] for v in sorted(found, key=lambda v: (names.index(v.rsplit("_", 1)[0]), v))}
@@ -88,7 +67,8 @@ def build(model_name: str, size: int, batch: int, plans: int, threads: int, seed
     return models, {"lrd": lrd_plan, **found}, search_s
 
 
-def measure(models: dict, size: int, batch: int, rounds: int, calls: int, threads: int) -> pd.DataFrame:
+def measure(models: dict, size: int, batch: int, rounds: int, calls: int, threads: int,
+            channels_last: bool = True) -> pd.DataFrame:
     shape = (batch, 3, size, size)
     out, raw_all = None, []
     flop_x = torch.randn(2, 3, size, size)
@@ -97,7 +77,7 @@ def measure(models: dict, size: int, batch: int, rounds: int, calls: int, thread
                          "train_flops": [count_flops(m, flop_x, train=True) for m in models.values()],
                          "infer_flops": [count_flops(m, flop_x, train=False) for m in models.values()]})
     for p, runner_pass in PASSES.items():
-        runners = {n: make_runner(m, shape, runner_pass, "cpu", channels_last=True, input_requires_grad=False)
+        runners = {n: make_runner(m, shape, runner_pass, "cpu", channels_last=channels_last, input_requires_grad=False)
                    for n, m in models.items()}
         raw = interleaved(runners, rounds=rounds, device="cpu", threads=threads, progress=True, mode="fixed",
                           number=calls, warmup=1)
@@ -161,10 +141,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="data")
     ap.add_argument("--figures", default="figures")
-    ap.add_argument("--tag", default="cpu")
+    ap.add_argument("--tag", default=None, help="file name tag (default: cpu, or cpu_nchw with --nchw)")
     ap.add_argument("--alt", action="append", default=[], metavar="NAME:key=value,...",
                     help="also --plans cold plans with these optimize_ranks options (repeatable), e.g. "
                          "r1:repeats=1 - searched interleaved with the default ones, timed in the same rounds")
+    ap.add_argument("--nchw", action="store_true",
+                    help="search and time in NCHW (a plain torchvision model's layout) instead of channels_last")
     ap.add_argument("--replot", action="store_true", help="only redraw the figure from the written results")
     a = ap.parse_args()
     try:
@@ -173,7 +155,7 @@ def main() -> None:
         ap.error(str(e))
     if "rank_opt" in alts:
         ap.error("--alt: 'rank_opt' names the default setting; choose another NAME")
-    name = f"rankopt_plans_{a.tag}"
+    name = f"rankopt_plans_{a.tag or ('cpu_nchw' if a.nchw else 'cpu')}"
     if a.replot:
         df, meta = read_results(name, a.out)
         save_figure(plot(df), name, meta, folder=a.figures)
@@ -181,14 +163,15 @@ def main() -> None:
     if a.plans < 1 or a.rounds < 1 or a.calls < 1:
         ap.error("--plans, --rounds and --calls must be >= 1")
     torch.set_num_threads(a.threads)
-    models, plans, search_s = build(a.model, a.size, a.batch, a.plans, a.threads, a.seed, alts)
+    cl = not a.nchw
+    models, plans, search_s = build(a.model, a.size, a.batch, a.plans, a.threads, a.seed, alts, channels_last=cl)
     for m in models.values():
-        m.to(memory_format=torch.channels_last)
-    df, raw = measure(models, a.size, a.batch, a.rounds, a.calls, a.threads)
+        m.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    df, raw = measure(models, a.size, a.batch, a.rounds, a.calls, a.threads, channels_last=cl)
     df.insert(1, "setting", [v if v in ("original", "lrd") else v.rsplit("_", 1)[0] for v in df["variant"]])
     df["search_s"] = df["variant"].map(search_s)
     meta = provenance("cpu", model=a.model, size=a.size, batch=a.batch, plans=a.plans, rounds=a.rounds,
-                      calls=a.calls, threads=a.threads, channels_last=True, weights="random", seed=a.seed)
+                      calls=a.calls, threads=a.threads, channels_last=cl, weights="random", seed=a.seed)
     meta.update(search_s=search_s, rounds_raw=raw, settings={"rank_opt": {}, **alts},
                 plans={k: {s.name: [s.method, s.ranks] for s in p} for k, p in plans.items()})
     write_results(df, name, meta, folder=a.out)

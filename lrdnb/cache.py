@@ -225,12 +225,18 @@ class TimingCache:
         try:
             yield self
         finally:
-            held, self._held = self._held, None
-            for path, recs in held.items():
-                _, old, index = self._mem[path]
-                both = _merge(old, recs)
-                self._write(path, both)
-                self._mem[path] = (path.stat().st_mtime, both, index)
+            self.flush()
+            self._held = None
+
+    def flush(self) -> None:
+        """Write what a :meth:`held` block holds so far (the block goes on holding later rows):
+        a long block can save its work every few seconds instead of once per signature."""
+        held, self._held = self._held, ({} if self._held is not None else None)
+        for path, recs in (held or {}).items():
+            _, old, index = self._mem[path]
+            both = _merge(old, recs)
+            self._write(path, both)
+            self._mem[path] = (path.stat().st_mtime, both, index)
 
     def clear(self) -> None:
         """Delete this cache's CSV files."""

@@ -25,7 +25,10 @@ from .choose import confirmed
 from .pairs import verify_steps
 from .sweeps import ORDERS, _order, _Session, _Setup
 
-__all__ = ["coarse_grid", "staircase_sweep", "verify_steps", "STAIRCASE_REPEATS"]
+__all__ = ["coarse_grid", "staircase_sweep", "verify_steps", "STAIRCASE_REPEATS", "LOCATE"]
+
+#: How :func:`staircase_sweep` finds a coarse drop's single-rank step (its ``locate``).
+LOCATE = ("bisect", "boundary")
 
 #: Passes over the coarse grid by default (:func:`staircase_sweep`, :func:`lrdnb.rankopt.optimize_ranks`):
 #: the located steps are re-timed in paired rounds anyway, and on ResNet-50 here a second pass
@@ -61,6 +64,7 @@ def staircase_sweep(
     min_step: float = 0.0,
     boundaries: bool = False,
     slower: float | None = None,
+    locate: str = "bisect",
     device: str | torch.device = "auto",
     threads: int | None = None,
     dtype: torch.dtype = torch.float32,
@@ -139,6 +143,11 @@ def staircase_sweep(
             (e.g. 1.1), no step is located or verified (``attrs["steps"]`` empty): Algorithm 1 keeps
             the original layer then whatever the steps, as a 1x1 convolution at 2x2 pixels in NCHW
             on this CPU (ResNet-50's ``layer4.0.downsample.0``: every rank 1.3-1.8x the original).
+        locate: ``"bisect"`` (step 3 as above) or ``"boundary"``: a coarse drop's step is taken to
+            be its tile boundary ``lo + 1 -> lo`` (pair-tested with ``verify_rounds``) and is never
+            searched for inside the interval - no single-rank probes and no second paired test.
+            Cheaper (on ResNet-50 here the probes and their paired tests were ~15-20% of a search)
+            but blind to steps between grid ranks, e.g. at multiples of 8 with ``grid=16``.
         repeats: passes over the coarse grid (each probe is timed once).
         Others: as :func:`lrdnb.sweeps.sweep`.
 
@@ -151,6 +160,8 @@ def staircase_sweep(
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if locate not in LOCATE:
+        raise ValueError(f"unknown locate {locate!r}; valid: {list(LOCATE)}")
     st = _Setup(spec, ranks, (pass_,), device, threads, dtype, channels_last, batch, method, alpha, beta, frozen,
                 cache)
     coarse = coarse_grid(st.ranks, grid)
@@ -179,7 +190,7 @@ def staircase_sweep(
     # tried and rejected on the way, r2 = 1000 + order; no step located because every coarse rank
     # was ``slower``, one row r2 = -1)
     tag = (f"{st.method}-stairs-g{grid}-k{refine}-s{substantial:g}-{st.ranks[0]}-{st.ranks[-1]}"
-           + ("-b" if boundaries and verify_rounds else ""))
+           + ("-b" if boundaries and verify_rounds else "") + ("-lb" if locate == "boundary" else ""))
     found = tried = None
     was_hopeless = False
     if st.store is not None:
@@ -224,7 +235,7 @@ def staircase_sweep(
 
             if verify_rounds:
                 steps, tables = _locate_verified(picks, val, probe, verify, ok_at, min_step,
-                                                 sequential=confirm is not None)
+                                                 sequential=confirm is not None, inside=locate == "bisect")
                 if boundaries:
                     done = {int(c) for t in tables for c in t["candidate"]}
                     extra = _boundaries(val, coarse, grid, done)
@@ -235,7 +246,8 @@ def staircase_sweep(
                 verified = (pd.concat(tables, ignore_index=True).sort_values("candidate", ascending=False)
                             .reset_index(drop=True) if tables else verify([]))
             else:
-                steps, tried = [_bisect(val, probe, lo, hi) for _, lo, hi in picks], []
+                steps, tried = [_bisect(val, probe, lo, hi) if locate == "bisect" else lo
+                                for _, lo, hi in picks], []
             for c in steps:  # Algorithm 1 reads the chosen rank's time off the curve
                 probe(c)
             if st.store is not None:
@@ -318,13 +330,15 @@ def _bisect(val: dict[int, float], probe: Callable[[int], float], lo: int, hi: i
 
 
 def _locate_verified(picks, val, probe, verify, ok_at: float, min_step: float,
-                     sequential: bool) -> tuple[list[int], list]:
+                     sequential: bool, inside: bool = True) -> tuple[list[int], list]:
     """Step 3 with paired checks (:func:`staircase_sweep` with ``verify_rounds``): for each coarse
     drop ``lo -> hi``, the tile boundary ``lo + 1 -> lo`` is tested first with paired rounds
     (:func:`verify_steps`), so a single noisy probe (a 7-10% step against ~5% noise per
     measurement on this CPU) cannot send the search elsewhere; only if it is rejected is the drop
     located with single probes (:func:`_bisect`: ``hi - 1``, then bisection) and the rank found
-    verified. Returns the located steps (one per drop) and the verification tables."""
+    verified (``inside=False``, :func:`staircase_sweep`'s ``locate="boundary"``: not located
+    inside; the boundary is the drop's step). Returns the located steps (one per drop) and the
+    verification tables."""
     steps: list[int] = []
     tables: list[pd.DataFrame] = []
 
@@ -340,7 +354,7 @@ def _locate_verified(picks, val, probe, verify, ok_at: float, min_step: float,
             tried.append(lo)
             if ok(v):
                 c_ok = lo
-        if c_ok is None and hi - lo > 1:  # not at the boundary: locate with single probes
+        if c_ok is None and inside and hi - lo > 1:  # not at the boundary: locate with single probes
             c = _bisect(val, probe, lo, hi, a=lo + 1)
             if c not in tried and c not in steps:
                 v = verify([c])
@@ -348,6 +362,8 @@ def _locate_verified(picks, val, probe, verify, ok_at: float, min_step: float,
                 c_ok = c if ok(v) else None
             if c_ok is None:
                 c_ok = c
+        if c_ok is None and not tried:  # (this drop's boundary is already another drop's step)
+            continue
         steps.append(tried[0] if c_ok is None else c_ok)
         if sequential and ok(tables[-1]):
             break

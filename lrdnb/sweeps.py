@@ -64,7 +64,7 @@ def _order(ranks: list[int], kind: str, rng: random.Random) -> list[int]:
 _POOL: list[torch.Tensor] = [torch.empty(0)]
 
 
-def _module(spec: LayerSpec, method: str, rank: int, beta: float, frozen: Sequence[str],
+def _module(spec: LayerSpec | dict, method: str, rank: int, beta: float, frozen: Sequence[str],
             pool: list[torch.Tensor] | None = None) -> nn.Module:
     """A module of the right shapes. With ``pool`` (a one-element list holding a random vector,
     e.g. :data:`_POOL`) it is built on the meta device and its parameters are copied from the
@@ -121,6 +121,7 @@ class _Session:
             self.g = torch.randn(tuple(spec.output_shape), dtype=dtype)
             if channels_last and self.g.dim() == 4:
                 self.g = self.g.contiguous(memory_format=torch.channels_last)
+        self.spec_d = spec.to_dict()  # what build_factorized reads, converted once per session
         self.runners: dict[tuple[int, str], Callable] = {}
         self.mods: dict[int, nn.Module] = {}
         self.seen: set[tuple[int, str]] = set()
@@ -140,7 +141,7 @@ class _Session:
     def _runner(self, r: int, p: str) -> Callable:
         if (r, p) not in self.runners:
             if r not in self.mods:
-                self.mods[r] = _module(self.spec, "keep" if r == 0 else self.method, r, self.beta,
+                self.mods[r] = _module(self.spec_d, "keep" if r == 0 else self.method, r, self.beta,
                                        () if r == 0 else self.frozen, _POOL)
             self.runners[(r, p)] = make_runner(self.mods[r], self.spec.input_shape, p, self.dev, self.dtype,
                                                self.channels_last, input_requires_grad=self.spec.input_grad,

@@ -54,15 +54,13 @@ def fake_device(monkeypatch):
         else:
             log["references"] += 1
 
-    def fake_interleaved(variants, rounds=5, **kw):
-        log["verified"].append(sorted(int(v) for v in variants))
-        return pd.DataFrame([{"round": k, "position": i, "variant": v, "median_s": stair_time(int(v)),
-                              "iqr_s": 0.0, "min_s": 0.0, "max_s": 0.0, "n": 1}
-                             for k in range(rounds) for i, v in enumerate(variants)])
+    def fake_round(run, ranks, *a):
+        log["verified"].append(sorted(ranks))
+        return {r: stair_time(r) for r in ranks}
 
     monkeypatch.setattr(sweeps._Session, "__init__", init)
     monkeypatch.setattr(sweeps._Session, "_time", fake_time)
-    monkeypatch.setattr(pairs, "interleaved", fake_interleaved)
+    monkeypatch.setattr(pairs, "_round", fake_round)
     return log
 
 
@@ -101,6 +99,29 @@ def test_staircase_finds_step_below_grid_rank_in_two_probes(fake_device, monkeyp
     assert [r for r in fake_device["measured"] if r and r not in coarse] == [25, 31]
 
 
+@pytest.mark.parametrize("locate, found", [("bisect", 31), ("boundary", 24)])
+def test_staircase_locate_boundary_never_probes_inside(fake_device, monkeypatch, tmp_path, locate, found):
+    # one step 32 -> 31, inside the coarse interval 24 -> 32: its boundary 25 -> 24 is rejected in
+    # pairs; bisection then finds 31 with single probes and a second paired test, while
+    # locate="boundary" keeps the boundary as the drop's step and times nothing off the grid
+    at = {31: 0.4}
+    monkeypatch.setattr(sweeps._Session, "_time", lambda self, k, r, p: (
+        self.seen.add((r, p)), self.seq.append((k, r, p, stair_time(r, at))), fake_device["measured"].append(r)))
+    monkeypatch.setattr(pairs, "_round", lambda run, ranks, *a: {r: stair_time(r, at) for r in ranks})
+    kw = dict(ranks=list(range(45, 9, -1)), pass_="train", grid=8, refine=1, repeats=1, verify_rounds=3, early=0.8,
+              min_step=0.02, cache=TimingCache(tmp_path), **FAST)
+    df = steps.staircase_sweep(spec(), locate=locate, **kw)
+    assert df.attrs["steps"] == [found]
+    assert sorted(df.attrs["verified"]["candidate"]) == ([24, 31] if locate == "bisect" else [24])
+    off_grid = [r for r in fake_device["measured"] if r and r not in df.attrs["coarse"]]
+    assert (off_grid == []) == (locate == "boundary")
+    # the other setting, on the same cache, decides for itself (its outcome is cached under its own tag)
+    other = {"bisect": "boundary", "boundary": "bisect"}[locate]
+    assert steps.staircase_sweep(spec(), locate=other, **kw).attrs["steps"] == [{"bisect": 31, "boundary": 24}[other]]
+    with pytest.raises(ValueError, match="locate"):
+        steps.staircase_sweep(spec(), locate="inside", **kw)
+
+
 def test_staircase_tests_tile_boundary_in_pairs_not_single_probes(fake_device, monkeypatch):
     # a step at the grid rank 32 (33 -> 32); single measurements of 33 read 20% low (noise): a
     # probe would put 33 below the step, paired re-timing does not (and no probe is taken)
@@ -108,9 +129,7 @@ def test_staircase_tests_tile_boundary_in_pairs_not_single_probes(fake_device, m
     monkeypatch.setattr(sweeps._Session, "_time", lambda self, k, r, p: (
         self.seen.add((r, p)), self.seq.append((k, r, p, stair_time(r, at) * (0.8 if r == 33 else 1.0))),
         fake_device["measured"].append(r)))
-    monkeypatch.setattr(pairs, "interleaved", lambda variants, rounds=1, **kw: pd.DataFrame(
-        [{"round": k, "position": i, "variant": v, "median_s": stair_time(int(v), at)}
-         for k in range(rounds) for i, v in enumerate(variants)]))
+    monkeypatch.setattr(pairs, "_round", lambda run, ranks, *a: {r: stair_time(r, at) for r in ranks})
     df = steps.staircase_sweep(spec(), ranks=list(range(45, 9, -1)), pass_="train", grid=8, refine=1, repeats=1,
                                verify_rounds=3, early=0.8, min_step=0.02, **FAST)
     assert df.attrs["steps"] == [32]
@@ -186,14 +205,12 @@ def test_staircase_boundaries_pair_tests_every_tile_boundary(fake_device, tmp_pa
 def test_staircase_verifies_next_step_when_first_not_confirmed(fake_device, monkeypatch):
     calls = []
 
-    def half_confirmed(variants, rounds=5, **kw):  # the first pair only seen in 2 of 5 rounds
-        calls.append(sorted(int(v) for v in variants))
+    def half_confirmed(run, ranks, *a):  # the first pair only seen in 2 of 5 rounds
+        calls.append(sorted(ranks))
         slow = sum(37 in c for c in calls) > 2  # rank 37 from its third round on
-        return pd.DataFrame([{"round": k, "position": i, "variant": v,
-                              "median_s": stair_time(int(v)) * (1.5 if slow and int(v) == 37 else 1.0)}
-                             for k in range(rounds) for i, v in enumerate(variants)])
+        return {r: stair_time(r) * (1.5 if slow and r == 37 else 1.0) for r in ranks}
 
-    monkeypatch.setattr(pairs, "interleaved", half_confirmed)
+    monkeypatch.setattr(pairs, "_round", half_confirmed)
     df = steps.staircase_sweep(spec(), ranks=list(range(45, 9, -1)), pass_="train", grid=8, refine=2,
                                verify_rounds=5, confirm=0.8, min_step=0.02, **FAST)
     v = df.attrs["verified"].set_index("candidate")
@@ -211,13 +228,11 @@ def test_verify_steps_stops_when_settled(fake_device, monkeypatch, unanimous, ro
     # 38 -> 37 is a step (faster in every round); 31 -> 30 goes the wrong way (slower in every round)
     times = {30: 1.2, 31: 1.1}
 
-    def fake(variants, rounds=1, **kw):
-        fake_device["verified"].append(sorted(int(v) for v in variants))
-        return pd.DataFrame([{"round": k, "position": i, "variant": v,
-                              "median_s": times.get(int(v), stair_time(int(v)))}
-                             for k in range(rounds) for i, v in enumerate(variants)])
+    def fake(run, ranks, *a):
+        fake_device["verified"].append(sorted(ranks))
+        return {r: times.get(r, stair_time(r)) for r in ranks}
 
-    monkeypatch.setattr(pairs, "interleaved", fake)
+    monkeypatch.setattr(pairs, "_round", fake)
     v = steps.verify_steps(spec(), [37, 30], "train", rounds=5, early=0.8, unanimous=unanimous, **FAST)
     full = steps.verify_steps(spec(), [37, 30], "train", rounds=5, **FAST)
     v = v.set_index("candidate")
@@ -258,14 +273,13 @@ def tiled_device(monkeypatch, log, quantum):
     def t(r):
         return 10.0 if r == 0 else 1.0 + 0.002 * r + 0.1 * np.ceil(r / quantum) + (0.3 if r > 64 else 0.0)
 
-    def rounds_logged(variants, rounds=5, **kw):
-        log["verified"].append(sorted(int(v) for v in variants))
-        return pd.DataFrame([{"round": k, "variant": v, "median_s": t(int(v))}
-                             for k in range(rounds) for v in variants])
+    def rounds_logged(run, ranks, *a):
+        log["verified"].append(sorted(ranks))
+        return {r: t(r) for r in ranks}
 
     monkeypatch.setattr(sweeps._Session, "_time",
                         lambda self, k, r, p: (self.seen.add((r, p)), self.seq.append((k, r, p, t(r)))))
-    monkeypatch.setattr(pairs, "interleaved", rounds_logged)
+    monkeypatch.setattr(pairs, "_round", rounds_logged)
 
 
 @pytest.mark.parametrize("quantum", [8, 16])

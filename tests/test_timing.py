@@ -180,6 +180,25 @@ def test_cache_keyed_by_device(tmp_path):
     assert cache.lookup(timing_key("cpu:Xeon", torch.float32, "train", "sig", threads=99)) == []
 
 
+def test_cache_held_block_flushes_and_writes_on_interrupt(tmp_path):
+    cache = TimingCache(tmp_path)
+    k = timing_key("cpu:Xeon", torch.float32, "train", "sig")
+    with pytest.raises(KeyboardInterrupt):
+        with cache.held():
+            cache.add([_row(4)], {"train": k})
+            assert not cache.path(k).exists() and len(cache.lookup(k)) == 1  # held, visible
+            cache.flush()  # written now; the block goes on holding
+            assert sorted(pd.read_csv(cache.path(k))["rank"]) == [4]
+            cache.add([_row(5)], {"train": k})
+            assert sorted(pd.read_csv(cache.path(k))["rank"]) == [4]
+            raise KeyboardInterrupt
+    assert sorted(pd.read_csv(cache.path(k))["rank"]) == [4, 5]  # nothing measured is lost
+    assert sorted(r["rank"] for r in TimingCache(tmp_path).lookup(k)) == [4, 5]
+    cache.flush()  # outside a block: nothing to do
+    cache.add([_row(6)], {"train": k})  # and writes go straight to disk again
+    assert sorted(pd.read_csv(cache.path(k))["rank"]) == [4, 5, 6]
+
+
 def test_cache_ignores_rows_of_an_earlier_timing_protocol(tmp_path):
     from lrdnb.cache import PROTOCOL
 
@@ -240,7 +259,7 @@ def test_verify_steps_table_and_cache(tmp_path, monkeypatch):
     assert (v["rounds"] == 3).all() and not v["cached"].any() and v["faster"].between(0, 1).all()
     assert (v["ratio_min"] <= v["ratio"]).all() and (v["ratio"] <= v["ratio_max"]).all()
     assert np.allclose(v["drop_rel"], 1 - v["ratio"])
-    monkeypatch.setattr(pairs, "interleaved", lambda *a, **k: pytest.fail("re-timed a cached step"))
+    monkeypatch.setattr(pairs, "_round", lambda *a, **k: pytest.fail("re-timed a cached step"))
     again = steps.verify_steps(tiny_conv(), [4, 6], "train", rounds=3, device="cpu", threads=1, cache=cache)
     assert again["cached"].all() and np.allclose(again["ratio"], v["ratio"])
     assert np.allclose(again.set_index("candidate")["faster"], v.set_index("candidate")["faster"])
