@@ -9,8 +9,9 @@ fraction (min-max). Writes ``<out>/rankopt_cost_<setting>.*`` (one per setting, 
 rankopt_cost.py), ``<out>/plan_stability.csv``/``.json`` and ``figures/plan_stability_cpu.png``.
 
 Settings (each a rankopt_cost.py flag set; ``default`` = optimize_ranks' defaults when these
-were measured, 2026-12-02/03 - two coarse passes, since then one by default; every setting here
-keeps ``--repeats 2`` so that a rerun measures what the committed runs did):
+were measured, 2026-12-02/03 - two coarse passes and bisection inside coarse intervals, since then
+one pass and tile boundaries only by default; every setting here keeps ``--repeats 2 --locate
+bisect`` so that a rerun measures what the committed runs did):
 
 * ``default``: located steps (2 per layer) verified in 5 paired rounds, ties within 3%;
 * ``tie_z``: ties also within 1.64 standard errors of the paired drops (``tie_z=1.64``);
@@ -41,11 +42,11 @@ from lrdnb.provenance import provenance
 from lrdnb.results import read_results, save_figure, write_results
 
 SETTINGS = {
-    "default": ["--repeats", "2"],
-    "tie_z": ["--repeats", "2", "--tie-z", "1.64"],
-    "tie_z_boundaries": ["--repeats", "2", "--tie-z", "1.64", "--boundaries"],
-    "verify10": ["--repeats", "2", "--verify-rounds", "10"],
-    "highest_step": ["--repeats", "2", "--tie-tol", "1", "--boundaries"],
+    "default": ["--repeats", "2", "--locate", "bisect"],
+    "tie_z": ["--repeats", "2", "--locate", "bisect", "--tie-z", "1.64"],
+    "tie_z_boundaries": ["--repeats", "2", "--locate", "bisect", "--tie-z", "1.64", "--boundaries"],
+    "verify10": ["--repeats", "2", "--locate", "bisect", "--verify-rounds", "10"],
+    "highest_step": ["--repeats", "2", "--locate", "bisect", "--tie-tol", "1", "--boundaries"],
 }
 
 

@@ -211,6 +211,8 @@ def main() -> None:
                     help="optimize_ranks' tie_z (drops within this many standard errors of the largest are ties)")
     ap.add_argument("--boundaries", action="store_true",
                     help="pair-test every tile boundary of a dropping coarse interval, not only the located steps")
+    ap.add_argument("--locate", choices=["boundary", "bisect"], default=None,
+                    help="optimize_ranks' locate (default: its own, boundary)")
     ap.add_argument("--out", default="data")
     a = ap.parse_args()
     if a.threads:
@@ -223,7 +225,14 @@ def main() -> None:
         opt["tie_z"] = a.tie_z
     if a.boundaries:
         opt["boundaries"] = True
-    alts = dict(parse_setting(t) for t in a.alt)
+    if a.locate:
+        opt["locate"] = a.locate
+    try:
+        alts = dict(parse_setting(t) for t in a.alt)
+    except ValueError as e:
+        ap.error(str(e))
+    if "default" in alts or ("alt" in alts and a.alt_repeats):
+        ap.error("--alt: 'default' names the default setting (and 'alt' is --alt-repeats'); choose another NAME")
     if a.alt_repeats:
         alts["alt"] = {"repeats": a.alt_repeats}
     rows = run(a.model, a.size, a.batch, a.device, a.rounds, a.exhaustive, alts, **opt)
