@@ -24,6 +24,7 @@ import hashlib
 import io
 import os
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -98,6 +99,8 @@ class TimingCache:
         self.folder = Path(folder or os.environ.get("LRDNB_CACHE") or DEFAULT_FOLDER)
         self._mem: dict[Path, tuple[float, pd.DataFrame, dict[tuple, list[dict]]]] = {}
         self._held: dict[Path, list[dict]] | None = None  # rows not yet written, per file (inside held())
+        self._flush_every: float | None = None  # held(flush_every=): seconds between writes
+        self._flushed = 0.0  # when held rows were last written
 
     def __repr__(self) -> str:
         return f"TimingCache({str(self.folder)!r})"
@@ -191,6 +194,8 @@ class TimingCache:
             if self._held is not None:  # the frame is built once, when the block ends
                 self._held.setdefault(path, []).extend(recs)
                 self._mem[path] = (hit[0] if hit else -1.0, old, index)
+                if self._flush_every is not None and time.perf_counter() - self._flushed >= self._flush_every:
+                    self.flush()
             else:
                 both = _merge(old, recs)
                 self._write(path, both)
@@ -202,10 +207,13 @@ class TimingCache:
         atomic_write_text(path, buf.getvalue())
 
     @contextlib.contextmanager
-    def held(self):
+    def held(self, flush_every: float | None = None):
         """Hold writes until the block ends: every :meth:`add` inside is visible to
         :meth:`lookup` at once and the files are written once, at the end (also on an error or
-        interrupt, so nothing measured is lost).
+        interrupt, so nothing measured is lost) - and, with ``flush_every`` (seconds), also by the
+        first :meth:`add` that many seconds after the last write (a search of many layers then
+        loses at most that much work to a hard kill, and rewrites its file a few times, not once
+        per layer).
 
         Example:
             >>> import tempfile
@@ -221,7 +229,7 @@ class TimingCache:
         if self._held is not None:  # nested: the outer block writes
             yield self
             return
-        self._held = {}
+        self._held, self._flush_every, self._flushed = {}, flush_every, time.perf_counter()
         try:
             yield self
         finally:
@@ -229,9 +237,9 @@ class TimingCache:
             self._held = None
 
     def flush(self) -> None:
-        """Write what a :meth:`held` block holds so far (the block goes on holding later rows):
-        a long block can save its work every few seconds instead of once per signature."""
+        """Write what a :meth:`held` block holds so far (the block goes on holding later rows)."""
         held, self._held = self._held, ({} if self._held is not None else None)
+        self._flushed = time.perf_counter()
         for path, recs in (held or {}).items():
             _, old, index = self._mem[path]
             both = _merge(old, recs)

@@ -333,20 +333,15 @@ def optimize_ranks(
     hopeless: set[tuple] = set()  # staircase search: every coarse rank >= slower x the original
     n_timings, n_swept = 0, 0
     store = as_cache(cache)
-    # the cache file is rewritten at most every FLUSH_EVERY seconds and at the end (also on an error
-    # or interrupt): once per signature cost ~17 ms x 24 on ResNet-50, 4% of a search
-    held = store.held() if store is not None else contextlib.nullcontext()
-    last_flush = time.perf_counter()
-    with held:
+    # the cache file is rewritten every FLUSH_EVERY seconds and at the end (also on an error or
+    # interrupt): once per signature cost ~17 ms x 24 on ResNet-50, 4% of a search
+    with store.held(flush_every=FLUSH_EVERY) if store is not None else contextlib.nullcontext():
         for key, members in tqdm(groups.items(), desc="rank optimization", unit="signature", disable=not progress):
             kw = dict(device=dev, threads=threads, dtype=dtype, channels_last=channels_last, repeats=repeats,
                       orders=orders, reference_every=reference_every, min_run_time=min_run_time, cache=store,
                       frozen=frozen.get(key[1], ()), progress=False)
             df = _time_signature(members[0], key, pass_, search, grid, verify_top, verify_rounds, confirm,
                                  sequential, early_stop, unanimous, min_drop, boundaries, slower, locate, kw)
-            if store is not None and time.perf_counter() - last_flush > FLUSH_EVERY:
-                store.flush()
-                last_flush = time.perf_counter()
             checked[key] = df.attrs.pop("verified", None)  # (attrs are deep-copied by every pandas operation)
             if df.attrs.pop("hopeless", False):
                 hopeless.add(key)

@@ -197,6 +197,13 @@ def test_cache_held_block_flushes_and_writes_on_interrupt(tmp_path):
     cache.flush()  # outside a block: nothing to do
     cache.add([_row(6)], {"train": k})  # and writes go straight to disk again
     assert sorted(pd.read_csv(cache.path(k))["rank"]) == [4, 5, 6]
+    with cache.held(flush_every=0.0):  # every add past the interval writes (what optimize_ranks does every 5 s)
+        cache.add([_row(7)], {"train": k})
+        assert sorted(pd.read_csv(cache.path(k))["rank"]) == [4, 5, 6, 7]
+    with cache.held(flush_every=3600.0):
+        cache.add([_row(8)], {"train": k})
+        assert 8 not in set(pd.read_csv(cache.path(k))["rank"])
+    assert 8 in set(pd.read_csv(cache.path(k))["rank"])
 
 
 def test_cache_ignores_rows_of_an_earlier_timing_protocol(tmp_path):
