@@ -279,8 +279,8 @@ def joint_select(
     Beyond Algorithm 1 (the paper's future work), after the runtime lookup tables of Idelbayev &
     Carreira-Perpinan ("beyond FLOPs"): minimise ``E = sum_l count_l weight_l e_l(r_l)^power``
     subject to ``sum_l count_l t_l(r_l) <= budget``, where ``e_l`` is layer ``l``'s relative
-    reconstruction error (eq. 3; :func:`lrdnb.decompose.svd_error_curve`,
-    :func:`lrdnb.decompose.tucker2_error_curve`). With ``power=2`` and ``weight=1`` this is the
+    reconstruction error (eq. 3; :func:`lrdnb.factors.svd_error_curve`,
+    :func:`lrdnb.factors.tucker2_error_curve`). With ``power=2`` and ``weight=1`` this is the
     sum of squared relative errors; ``weight = ||W_l||^2`` makes it the total squared Frobenius
     error. Lagrangian relaxation: for a multiplier ``lam`` each layer independently takes
     ``argmin cost + lam * time``; ``lam`` is bisected (log scale) to the cheapest-error feasible

@@ -2,7 +2,7 @@
 
 An *explorer table* has one row per (layer, rank) of a plan's decomposed layers: parameters and
 FLOPs (:func:`lrdnb.plan.cost`), relative reconstruction error (eq. 3 for SVD, HOSVD for
-Tucker2; :func:`lrdnb.decompose.svd_error_curve`, :func:`lrdnb.decompose.tucker2_error_curve`)
+Tucker2; :func:`lrdnb.factors.svd_error_curve`, :func:`lrdnb.factors.tucker2_error_curve`)
 and step time where a :func:`lrdnb.sweeps.sweep` measured it. Everything the explorers show is
 computed from it by plain functions, fast enough for a slider callback:
 
@@ -104,7 +104,7 @@ def _sweep_rows(sweeps: pd.DataFrame | None, spec: LayerSpec, pass_: str, time_c
 
 def _layer_rows(spec: LayerSpec, weight: torch.Tensor, sweeps: pd.DataFrame | None, pass_: str,
                 time_col: str, alpha: float | None, beta: float | None, batch: int) -> pd.DataFrame:
-    from .decompose import svd_error_curve, tucker2_error_curve
+    from .factors import svd_error_curve, tucker2_error_curve
 
     if spec.method == "tucker2":
         table = tucker2_error_curve(weight).numpy()
@@ -160,8 +160,8 @@ def explorer_data(
 
     For every decomposed layer of ``plan`` and every rank from 1 up to the last rank that still
     saves parameters: ``params``/``flops`` (:func:`lrdnb.plan.cost`), relative reconstruction
-    error (SVD: eq. 3 via :func:`lrdnb.decompose.svd_error_curve`; Tucker2: HOSVD via
-    :func:`lrdnb.decompose.tucker2_error_curve`, at ``r2 = floor(beta r1)``) and step time where
+    error (SVD: eq. 3 via :func:`lrdnb.factors.svd_error_curve`; Tucker2: HOSVD via
+    :func:`lrdnb.factors.tucker2_error_curve`, at ``r2 = floor(beta r1)``) and step time where
     ``sweeps_df`` measured it (``time_s``, NaN elsewhere; the explorers interpolate), plus the
     layer's original time (the sweep's rank-0 ``keep`` row), plan rank and Algorithm 1's
     ``R_min`` (eq. 6).

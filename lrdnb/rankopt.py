@@ -127,7 +127,7 @@ def _curve(df: pd.DataFrame, pass_: str) -> tuple[np.ndarray, np.ndarray, np.nda
 def _error(weight: torch.Tensor, method: str, rk: Sequence[int], memo: dict) -> float:
     key = id(weight)
     if key not in memo:
-        from .decompose import svd_error_curve, tucker2_error_curve
+        from .factors import svd_error_curve, tucker2_error_curve
 
         memo[key] = tucker2_error_curve(weight) if method == "tucker2" else svd_error_curve(weight)
     table = memo[key]

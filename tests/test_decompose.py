@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 import lrdnb
-from lrdnb.decompose import svd_error_curve, svd_factors, tucker2_error_curve, tucker2_factors
+from lrdnb.factors import svd_error_curve, svd_factors, tucker2_error_curve, tucker2_factors
 from lrdnb.layers import FactorizedConv2d, FactorizedLinear, Tucker2Conv2d, factor_roles
 
 

@@ -7,7 +7,7 @@ from torch import nn
 
 import lrdnb
 from lrdnb.cache import TimingCache
-from lrdnb.decompose import svd_error_curve, tucker2_error_curve
+from lrdnb.factors import svd_error_curve, tucker2_error_curve
 from lrdnb.plan import LayerSpec
 from lrdnb.rankopt import algorithm1, curve_steps, joint_select, optimize_ranks, rank_range, top_candidates
 
