@@ -12,6 +12,8 @@ import datetime as _dt
 import fnmatch
 import json
 import math
+import numbers
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -22,9 +24,15 @@ from torch import nn
 from . import ranks as R
 from .modes import MODES, mode_filter
 
-__all__ = ["LayerSpec", "Plan", "plan", "SELECTORS"]
+__all__ = ["LayerSpec", "Plan", "plan", "SELECTORS", "METHODS", "KINDS", "candidate_layers", "layer_spec",
+           "example_call"]
 
 SELECTORS = ("ratio", "vbmf", "energy", "fixed")
+METHODS = ("svd", "tucker2", "keep")
+#: Layer kinds a plan lists: the first two are decomposed, the others are listed as kept.
+KINDS = ("linear", "conv2d", "conv1d", "conv3d", "convtranspose1d", "convtranspose2d", "convtranspose3d")
+_UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_RANK_COUNT = {"svd": 1, "tucker2": 2, "keep": 0}
 
 
 @dataclass
@@ -35,7 +43,7 @@ class LayerSpec:
     ``torch.utils.flop_counter`` counts), for the input shape the example batch produced."""
 
     name: str
-    kind: str  # "linear" | "conv2d"
+    kind: str  # "linear" | "conv2d" (decomposed); other KINDS (conv1d, conv3d, transposed) are only kept
     weight_shape: list[int]
     bias: bool
     input_shape: list[int] | None = None
@@ -79,8 +87,47 @@ class LayerSpec:
         return self.weight_shape[0]
 
     @property
-    def kernel(self) -> tuple[int, int]:
-        return (1, 1) if self.kind == "linear" else (self.weight_shape[2], self.weight_shape[3])
+    def kernel(self) -> tuple[int, ...]:
+        """``(k_h, k_w)`` of a conv2d, ``(1, 1)`` for a linear layer, the kernel of another conv."""
+        return (1, 1) if self.kind == "linear" else tuple(self.weight_shape[2:])
+
+    def check(self, smaller: bool = True) -> None:
+        """Raise ``ValueError`` (naming this layer) unless kind, method and ranks describe a layer
+        :func:`lrdnb.apply` can build: integer ranks, as many as the method takes (svd 1, tucker2 2,
+        keep 0), ``1 <= r`` and at most the full rank (SVD ``min(C k_h k_w, S)``; Tucker2
+        ``r1 <= C``, ``r2 <= S``), and, with ``smaller``, fewer parameters than the layer itself
+        (a decomposition that does not shrink the layer is a mistake, never built silently)."""
+        where = f"plan entry {self.name!r}"
+        if self.kind not in KINDS:
+            raise ValueError(f"{where}: unknown kind {self.kind!r}; valid: {list(KINDS)}")
+        if self.method not in METHODS:
+            raise ValueError(f"{where}: unknown method {self.method!r}; valid: {list(METHODS)}")
+        ndim = {"linear": 2, "conv2d": 4}.get(self.kind)
+        shape = self.weight_shape
+        if (not isinstance(shape, (list, tuple)) or not all(_is_int(d) and d >= 1 for d in shape)
+                or (ndim is not None and len(shape) != ndim)):
+            raise ValueError(f"{where}: weight_shape {shape!r} is not a {ndim or 'list of'} positive integers "
+                             f"for a {self.kind} layer")
+        check_ranks(self.name, self.ranks, self.method)
+        if self.method == "keep":
+            return
+        if self.kind not in ("linear", "conv2d"):
+            raise ValueError(f"{where}: a {self.kind} layer is only kept (method 'keep'), not {self.method!r}")
+        if self.method == "tucker2" and self.kind != "conv2d":
+            raise ValueError(f"{where}: tucker2 needs a conv2d layer; a {self.kind} layer takes 'svd' (one rank)")
+        if self.groups != 1:
+            raise ValueError(f"{where}: a grouped conv (groups={self.groups!r}) is not decomposed; use 'keep'")
+        full = _full_ranks(self)
+        for i, (r, m) in enumerate(zip(self.ranks, full)):
+            if r > m:
+                what = f"rank {r}" if self.method == "svd" else f"r{i + 1}={r}"
+                raise ValueError(f"{where}: {self.method} {what} is above the full rank {m} "
+                                 f"(allowed: 1..{m}; ranks {list(self.ranks)}, full {full})")
+        if smaller:
+            before, after = cost(self, "keep", [])[0], cost(self, self.method, self.ranks)[0]
+            if after >= before:
+                raise ValueError(f"{where}: {self.method} ranks {list(self.ranks)} give {after} parameters, not "
+                                 f"fewer than the original layer's {before}; lower the ranks or use 'keep'")
 
     @property
     def signature(self) -> str:
@@ -110,8 +157,53 @@ class LayerSpec:
         return new
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def check_ranks(name: str, ranks: Any, method: str) -> None:
+    """Raise ``ValueError`` naming layer ``name`` unless ``ranks`` is a list of integers
+    ``>= 1`` (not bool, float or str), as many as ``method`` takes (svd 1, tucker2 2, keep 0)."""
+    where = f"plan entry {name!r}"
+    if method not in _RANK_COUNT:
+        raise ValueError(f"{where}: unknown method {method!r}; valid: {list(METHODS)}")
+    if not isinstance(ranks, (list, tuple)):
+        raise ValueError(f"{where}: ranks must be a list of integers, got {type(ranks).__name__} {ranks!r}")
+    bad = [r for r in ranks if not _is_int(r)]
+    if bad:
+        raise ValueError(f"{where}: ranks must be integers, got {list(ranks)!r} "
+                         f"({', '.join(sorted({type(r).__name__ for r in bad}))})")
+    want = _RANK_COUNT[method]
+    if len(ranks) != want:
+        raise ValueError(f"{where}: method {method!r} takes {want} rank{'s' if want != 1 else ''}, "
+                         f"got {len(ranks)}: {list(ranks)}")
+    low = [r for r in ranks if r < 1]
+    if low:
+        raise ValueError(f"{where}: ranks must be >= 1, got {list(ranks)} (a rank-0 layer outputs only its bias)")
+
+
+def _full_ranks(spec: LayerSpec) -> list[int]:
+    """The largest ranks of ``spec.method``: SVD ``min(C k_h k_w, S)``; Tucker2 ``(C, S)``."""
+    c, s = spec.in_channels, spec.out_channels
+    if spec.method == "tucker2":
+        return [c, s]
+    return [min(c * math.prod(spec.kernel), s)]
+
+
+def _other_conv_cost(spec: LayerSpec) -> tuple[int, int]:
+    """(params, FLOPs per example) of a kept conv1d / conv3d / transposed conv."""
+    nd = len(spec.weight_shape) - 2
+    per_pos = math.prod(spec.weight_shape)  # out * in/groups * kernel (in * out/groups * kernel if transposed)
+    shape = spec.input_shape if spec.kind.startswith("convtranspose") else spec.output_shape
+    positions = math.prod(shape[-nd:]) if shape and len(shape) > nd else 1
+    bias = spec.out_channels if not spec.kind.startswith("convtranspose") else spec.weight_shape[1] * spec.groups
+    return per_pos + (bias if spec.bias else 0), 2 * per_pos * positions
+
+
 def cost(spec: LayerSpec, method: str, ranks: Sequence[int]) -> tuple[int, int]:
     """(params, FLOPs per example) of ``spec`` built with ``method`` at ``ranks``."""
+    if spec.kind not in ("linear", "conv2d"):
+        return _other_conv_cost(spec)
     out_c, in_c = spec.weight_shape[0], spec.weight_shape[1]
     bias = out_c if spec.bias else 0
     if spec.kind == "linear":
@@ -178,9 +270,31 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Plan":
-        if "layers" not in d:
-            raise ValueError("not a plan: expected a mapping with 'layers' (and 'meta')")
-        return cls([LayerSpec.from_dict(x) for x in d["layers"]], dict(d.get("meta", {})))
+        """A plan from :meth:`to_dict`'s data, checked (:meth:`check`): a hand-edited rank that
+        :func:`lrdnb.apply` could not build, or that would not shrink its layer, fails here."""
+        if not isinstance(d, Mapping) or not isinstance(d.get("layers"), list):
+            raise ValueError("not a plan: expected a mapping with a list of 'layers' (and 'meta')")
+        layers = []
+        for i, x in enumerate(d["layers"]):
+            if not isinstance(x, Mapping) or not isinstance(x.get("name"), str):
+                raise ValueError(f"plan layer #{i} is not a mapping with a 'name': {x!r:.80}")
+            try:
+                layers.append(LayerSpec.from_dict(x))
+            except TypeError as e:  # a missing required field
+                raise ValueError(f"plan entry {x['name']!r}: {e}") from None
+        p = cls(layers, dict(d.get("meta", {})))
+        p.check()
+        return p
+
+    def check(self, smaller: bool = True) -> None:
+        """Raise ``ValueError`` naming the layer for a duplicated name or an entry whose kind,
+        method or ranks cannot be built (:meth:`LayerSpec.check`)."""
+        seen: set[str] = set()
+        for spec in self.layers:
+            if spec.name in seen:
+                raise ValueError(f"plan entry {spec.name!r} appears twice")
+            seen.add(spec.name)
+            spec.check(smaller=smaller)
 
     def to_json(self, path: str | Path | None = None) -> str:
         """JSON text of the plan; also written to ``path`` if given."""
@@ -223,13 +337,66 @@ class Plan:
         }
 
 
-def _record_shapes(model: nn.Module, example: Any, names: Sequence[str]) -> dict[str, tuple]:
+def check_model(model: Any, what: str) -> None:
+    """Raise ``TypeError`` naming what was passed unless ``model`` is an ``nn.Module``."""
+    if isinstance(model, nn.Module):
+        return
+    hint = ""
+    if isinstance(model, Mapping):
+        hint = " (a state_dict? load it into the model's architecture first: model.load_state_dict(sd))"
+    elif isinstance(model, (str, Path)):
+        hint = " (a path? build the model and load its weights first)"
+    raise TypeError(f"{what} needs a torch.nn.Module as model, got {type(model).__name__}{hint}")
+
+
+def example_call(
+    example: Any = None,
+    example_args: Sequence[Any] | None = None,
+    example_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[tuple, dict[str, Any]]:
+    """``(args, kwargs)`` of the example call ``model(*args, **kwargs)``.
+
+    ``example`` is one input: a tensor (or a list, e.g. a detection model's list of images) is
+    called as ``model(example)``, a tuple as ``model(*example)``, a dict as ``model(**example)``.
+    ``example_args`` / ``example_kwargs`` say the call explicitly (a detection model:
+    ``example_args=([img],)``); give one form or the other, not both.
+    """
+    if example is not None and (example_args is not None or example_kwargs is not None):
+        raise TypeError("give either example or example_args / example_kwargs, not both")
+    if example is None:
+        if example_args is None and example_kwargs is None:
+            raise TypeError("needs an example call: example=batch, or example_args=(...) / example_kwargs={...}")
+        if example_args is not None and not isinstance(example_args, tuple):
+            raise TypeError(f"example_args must be a tuple of positional arguments, got "
+                            f"{type(example_args).__name__}; a model that takes a list of images is called "
+                            "with example_args=([img],)")
+        if example_kwargs is not None and not isinstance(example_kwargs, Mapping):
+            raise TypeError(f"example_kwargs must be a dict, got {type(example_kwargs).__name__}")
+        return tuple(example_args or ()), dict(example_kwargs or {})
+    if isinstance(example, tuple):
+        return example, {}
+    if isinstance(example, Mapping):
+        return (), dict(example)
+    return (example,), {}
+
+
+def _tensors(x: Any) -> list[torch.Tensor]:
+    """Every tensor inside nested tuples, lists and dicts."""
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, Mapping):
+        x = list(x.values())
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in _tensors(v)]
+    return []
+
+
+def _record_shapes(model: nn.Module, args: tuple, kwargs: dict[str, Any], names: Sequence[str]) -> dict[str, tuple]:
     """``{layer: (input shape, output shape, reads the example input itself)}`` from one forward."""
     shapes: dict[str, tuple] = {}
     handles = []
     modules = dict(model.named_modules())
-    given = list(example.values()) if isinstance(example, Mapping) else (
-        list(example) if isinstance(example, (tuple, list)) else [example])
+    given = _tensors((args, kwargs))
     for n in names:
         def hook(mod, inp, out, n=n):
             if n not in shapes and inp and isinstance(inp[0], torch.Tensor):
@@ -239,12 +406,13 @@ def _record_shapes(model: nn.Module, example: Any, names: Sequence[str]) -> dict
     model.eval()
     try:
         with torch.no_grad():
-            if isinstance(example, (tuple, list)):
-                model(*example)
-            elif isinstance(example, Mapping):
-                model(**example)
-            else:
-                model(example)
+            model(*args, **kwargs)
+    except Exception as e:
+        if hasattr(e, "add_note"):
+            e.add_note(f"lrdnb: while running the example call model(*args, **kwargs) with {len(args)} positional "
+                       f"and {len(kwargs)} keyword arguments; a model that takes a list (torchvision detection) "
+                       "is called with example_args=([img],)")
+        raise
     finally:
         for h in handles:
             h.remove()
@@ -262,15 +430,36 @@ def _functional_children(model: nn.Module) -> set[str]:
     return out
 
 
-def _base_spec(name: str, mod: nn.Module) -> LayerSpec:
+def _kind(mod: nn.Module) -> str | None:
     if isinstance(mod, nn.Linear):
-        return LayerSpec(name=name, kind="linear", weight_shape=list(mod.weight.shape), bias=mod.bias is not None)
-    pad = mod.padding if isinstance(mod.padding, str) else list(mod.padding)
-    return LayerSpec(
-        name=name, kind="conv2d", weight_shape=list(mod.weight.shape), bias=mod.bias is not None,
-        stride=list(mod.stride), padding=pad, dilation=list(mod.dilation),
-        padding_mode=mod.padding_mode, groups=mod.groups,
-    )
+        return "linear"
+    if isinstance(mod, nn.Conv2d):
+        return "conv2d"
+    for cls in _UNSUPPORTED:
+        if isinstance(mod, cls):
+            return cls.__name__.lower()
+    return None
+
+
+def candidate_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """``{name: module}`` of every layer a plan of ``model`` lists: ``nn.Linear`` and
+    ``nn.Conv2d`` (decomposed where it pays) and the other convolutions (listed as kept)."""
+    return {n: m for n, m in model.named_modules() if _kind(m) is not None}
+
+
+def layer_spec(name: str, mod: nn.Module) -> LayerSpec:
+    """The model's own description of layer ``mod`` (kind, weight shape, bias and conv
+    hyperparameters; method ``keep``): what a plan entry is checked against."""
+    kind = _kind(mod)
+    if kind is None:
+        raise ValueError(f"layer {name!r} is a {type(mod).__name__}, not one of the layers a plan lists "
+                         "(Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d)")
+    spec = LayerSpec(name=name, kind=kind, weight_shape=list(mod.weight.shape), bias=mod.bias is not None)
+    if kind != "linear":
+        spec.stride, spec.dilation = list(mod.stride), list(mod.dilation)
+        spec.padding = mod.padding if isinstance(mod.padding, str) else list(mod.padding)
+        spec.padding_mode, spec.groups = mod.padding_mode, mod.groups
+    return spec
 
 
 def _keep(spec: LayerSpec, reason: str) -> LayerSpec:
@@ -285,7 +474,7 @@ def _matches(name: str, patterns: Sequence[str] | None) -> bool:
 
 def plan(
     model: nn.Module,
-    example_input: Any,
+    example: Any = None,
     ratio: float = 2.0,
     selector: str = "ratio",
     ranks: Mapping[str, int | Sequence[int]] | None = None,
@@ -300,13 +489,18 @@ def plan(
     final_fc: str | None = None,
     vbmf_weakening: float = 1.0,
     energy: float = 0.9,
+    *,
+    example_args: Sequence[Any] | None = None,
+    example_kwargs: Mapping[str, Any] | None = None,
 ) -> Plan:
     """Plan a low-rank decomposition of ``model``.
 
     Args:
         model: any ``nn.Module``; candidates are ``nn.Linear`` and ``nn.Conv2d`` with
-            ``groups == 1``.
-        example_input: a batch the model accepts; forward hooks record each layer's input shape.
+            ``groups == 1``. Other convolutions (Conv1d/3d, transposed) are listed as kept.
+        example: one input the model accepts; forward hooks record each layer's input shape. A
+            tensor (or a list) is called as ``model(example)``, a tuple as ``model(*example)``,
+            a dict as ``model(**example)``.
         ratio: target compression ``alpha`` per layer (eq. 5 for Tucker2, ``C S / (r (C+S))``
             for SVD).
         selector: ``"ratio"`` (paper's parameter-reduction rule), ``"vbmf"`` (weakened
@@ -324,6 +518,10 @@ def plan(
         final_fc: name of the final classifier; default: the last ``nn.Linear``.
         vbmf_weakening: weakening factor in [0, 1] for ``selector="vbmf"``.
         energy: kept energy fraction for ``selector="energy"``.
+        example_args, example_kwargs: the example call given explicitly,
+            ``model(*example_args, **example_kwargs)``, instead of ``example``: a model with
+            several inputs, or one that takes a list (a torchvision detection model:
+            ``example_args=([img],)``, or ``example=([img],)``).
 
     Returns:
         A :class:`Plan`; layers kept say why in ``reason``.
@@ -334,6 +532,8 @@ def plan(
         >>> p["layer4.0.conv2"].ranks
         [309, 309]
     """
+    check_model(model, "plan")
+    args, kwargs = example_call(example, example_args, example_kwargs)
     if selector not in SELECTORS:
         raise ValueError(f"unknown selector {selector!r}; valid: {list(SELECTORS)}")
     R._check_alpha(ratio)
@@ -343,55 +543,38 @@ def plan(
         raise ValueError("selector='fixed' needs ranks={layer_name: rank or (r1, r2)}")
     if mode is not None and mode not in MODES:
         raise ValueError(f"unknown compression mode {mode!r}; valid: {list(MODES)}")
-    modules = dict(model.named_modules())
+    modules = candidate_layers(model)
     if ranks:
         missing = [n for n in ranks if n not in modules]
         if missing:
-            raise ValueError(f"ranks name layers not in the model: {missing}")
-    candidates = [n for n, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    if not candidates:
+            raise ValueError(f"ranks name layers not in the model (or not Linear / Conv2d layers): {missing}")
+    if not modules:
         raise ValueError("model has no nn.Linear or nn.Conv2d layers to decompose")
-    shapes = _record_shapes(model, example_input, candidates)
-    linears = [n for n in candidates if isinstance(modules[n], nn.Linear)]
+    shapes = _record_shapes(model, args, kwargs, list(modules))
+    linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
     final_fc = final_fc or (linears[-1] if linears else None)
-    in_mode = mode_filter(mode, model) if mode else None
-    functional = _functional_children(model)
-
+    select = _Selection(_functional_children(model), mode_filter(mode, model) if mode else None, mode,
+                        include, exclude, filter_fn)
     layers = []
-    for name in candidates:
-        mod = modules[name]
-        spec = _base_spec(name, mod)
+    for name, mod in modules.items():
+        spec = layer_spec(name, mod)
         if name in shapes:
             spec.input_shape, spec.output_shape, reads_input = shapes[name]
             spec.input_grad = not reads_input
         spec.params_before, spec.flops_before = cost(spec, "keep", [])
-        if name in functional:
-            layers.append(_keep(spec, "weight read directly by nn.MultiheadAttention; cannot be replaced"))
-            continue
-        if name not in shapes:
-            layers.append(_keep(spec, "not called by the example forward (no input shape)"))
-            continue
-        if spec.groups != 1:
-            layers.append(_keep(spec, f"grouped/depthwise conv (groups={spec.groups}) is not decomposed"))
-            continue
-        if in_mode is not None and not in_mode(name, mod):
-            layers.append(_keep(spec, f"not selected by compression mode {mode!r}"))
-            continue
-        if include and not _matches(name, include):
-            layers.append(_keep(spec, "not matched by include"))
-            continue
-        if _matches(name, exclude):
-            layers.append(_keep(spec, "matched by exclude"))
-            continue
-        if filter_fn is not None and not filter_fn(mod, name):
-            layers.append(_keep(spec, "rejected by filter_fn"))
+        why_not = select.why_not(name, mod, spec, name in shapes)
+        if why_not:
+            layers.append(_keep(spec, why_not))
             continue
         alpha = final_fc_ratio if (final_fc_ratio is not None and name == final_fc) else ratio
         layers.append(_choose(spec, mod, selector, ranks, alpha, beta, quantize, quantize_mode,
                               vbmf_weakening, energy))
+    if selector == "ratio":
+        _warn_rank_one(layers, ranks or {}, ratio)
+    first = args[0] if len(args) == 1 and not kwargs else None
     meta = {
         "model": type(model).__name__,
-        "example_shape": list(example_input.shape) if isinstance(example_input, torch.Tensor) else None,
+        "example_shape": list(first.shape) if isinstance(first, torch.Tensor) else None,
         "ratio": ratio, "selector": selector, "beta": beta, "quantize": quantize,
         "quantize_mode": quantize_mode, "mode": mode, "include": list(include or []),
         "exclude": list(exclude or []), "final_fc": final_fc, "final_fc_ratio": final_fc_ratio,
@@ -401,6 +584,48 @@ def plan(
         "torch": torch.__version__,
     }
     return Plan(layers, meta)
+
+
+@dataclass
+class _Selection:
+    """Which candidate layers :func:`plan` decomposes; :meth:`why_not` says why one is kept."""
+
+    functional: set[str]
+    in_mode: Callable[[str, nn.Module], bool] | None
+    mode: str | None
+    include: Sequence[str] | None
+    exclude: Sequence[str] | None
+    filter_fn: Callable[[nn.Module, str], bool] | None
+
+    def why_not(self, name: str, mod: nn.Module, spec: LayerSpec, called: bool) -> str:
+        """The reason to keep layer ``name``, or ``""`` to decompose it."""
+        if spec.kind not in ("linear", "conv2d"):
+            return f"{type(mod).__name__}: not supported (only Linear and Conv2d are decomposed)"
+        if name in self.functional:
+            return "weight read directly by nn.MultiheadAttention; cannot be replaced"
+        if not called:
+            return "not called by the example forward (no input shape)"
+        if spec.groups != 1:
+            return f"grouped/depthwise conv (groups={spec.groups}) is not decomposed"
+        if self.in_mode is not None and not self.in_mode(name, mod):
+            return f"not selected by compression mode {self.mode!r}"
+        if self.include and not _matches(name, self.include):
+            return "not matched by include"
+        if _matches(name, self.exclude):
+            return "matched by exclude"
+        if self.filter_fn is not None and not self.filter_fn(mod, name):
+            return "rejected by filter_fn"
+        return ""
+
+
+def _warn_rank_one(layers: Sequence[LayerSpec], fixed: Mapping[str, Any], ratio: float) -> None:
+    """One warning when the ratio rule left layers at rank 1 (they keep almost nothing)."""
+    ones = [s.name for s in layers if s.method != "keep" and s.name not in fixed and set(s.ranks) == {1}]
+    if ones:
+        more = f" and {len(ones) - 5} more" if len(ones) > 5 else ""
+        warnings.warn(f"ratio {ratio:g} leaves {len(ones)} of {sum(s.method != 'keep' for s in layers)} "
+                      f"decomposed layers at rank 1 ({ones[:5]}{more}): they keep almost none of their "
+                      "weights; use a smaller ratio", UserWarning, stacklevel=3)
 
 
 def _method_for(spec: LayerSpec) -> str:
@@ -415,8 +640,9 @@ def _choose(spec, mod, selector, fixed, alpha, beta, quantize, qmode, weakening,
     why = ""
     if fixed and spec.name in fixed:
         r = fixed[spec.name]
-        rk = [int(r)] if isinstance(r, (int,)) else [int(x) for x in r]
+        rk = list(r) if isinstance(r, (list, tuple)) else [r]
         method = "tucker2" if len(rk) == 2 else "svd"
+        check_ranks(spec.name, rk, method)
         if method == "tucker2" and spec.kind != "conv2d":
             raise ValueError(f"{spec.name}: two ranks given but a linear layer takes one (SVD)")
         why = "fixed rank"
@@ -451,6 +677,9 @@ def _choose(spec, mod, selector, fixed, alpha, beta, quantize, qmode, weakening,
             why += f"; quantized to multiple of {quantize} ({qmode})"
         rk = q
     params, flops = cost(spec, method, rk)
+    if params >= spec.params_before and why == "fixed rank":
+        raise ValueError(f"plan entry {spec.name!r}: fixed {method} ranks {rk} give {params} parameters, not fewer "
+                         f"than the original layer's {spec.params_before}")
     if params >= spec.params_before:
         return _keep(spec, f"{method} ranks {rk} give {params} params >= {spec.params_before}: no reduction")
     spec.method, spec.ranks, spec.reason = method, list(rk), why

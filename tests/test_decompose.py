@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 import lrdnb
+from lrdnb.decompose import factorize
 from lrdnb.factors import svd_error_curve, svd_factors, tucker2_error_curve, tucker2_factors
 from lrdnb.layers import FactorizedConv2d, FactorizedLinear, Tucker2Conv2d, factor_roles
 
@@ -21,14 +22,12 @@ class Wrap(nn.Module):
         return self.layer(x)
 
 
-def _full_rank_plan(model, x, method):
-    p = lrdnb.plan(model, x, selector="fixed", ranks={"layer": 1} if method == "svd" else {"layer": (1, 1)})
-    spec = p["layer"]
-    c, s = spec.in_channels, spec.out_channels
-    kk = spec.kernel[0] * spec.kernel[1]
-    full = [min(c * kk, s)] if method == "svd" else [c, s]
-    p["layer"] = spec.with_ranks(full, method=method)
-    return p
+def _full_ranks(layer, method):
+    """The largest ranks of ``method`` for ``layer`` (where the factorization is exact)."""
+    w = layer.weight
+    c, s = w.shape[1], w.shape[0]
+    kk = w[0, 0].numel()
+    return [min(c * kk, s)] if method == "svd" else [c, s]
 
 
 conv_cfg = st.fixed_dictionaries({
@@ -52,22 +51,22 @@ def test_full_rank_reproduces_conv(cfg, method, seed):
     conv = nn.Conv2d(cfg["c"], cfg["s"], cfg["k"], stride=cfg["stride"], padding=cfg["padding"],
                      dilation=cfg["dilation"], bias=cfg["bias"], padding_mode=cfg["padding_mode"]).double()
     x = torch.randn(2, cfg["c"], 11, 9, dtype=torch.float64)
-    model = Wrap(conv)
-    out = lrdnb.apply(model, _full_rank_plan(model, x, method))
-    assert isinstance(out.layer, FactorizedConv2d if method == "svd" else Tucker2Conv2d)
-    assert out.layer.first.weight.dtype == torch.float64
-    torch.testing.assert_close(out(x), model(x), rtol=1e-4, atol=1e-8)
+    # full rank is refused by apply (the layer would grow) but is the exact oracle here
+    out = factorize(conv, method, _full_ranks(conv, method))
+    assert isinstance(out, FactorizedConv2d if method == "svd" else Tucker2Conv2d)
+    assert out.first.weight.dtype == torch.float64
+    torch.testing.assert_close(out(x), conv(x), rtol=1e-4, atol=1e-8)
 
 
 @given(i=st.integers(1, 40), o=st.integers(1, 40), bias=st.booleans(), seed=st.integers(0, 999))
 @settings(max_examples=30, deadline=None)
 def test_full_rank_reproduces_linear(i, o, bias, seed):
     torch.manual_seed(seed)
-    model = Wrap(nn.Linear(i, o, bias=bias))
+    lin = nn.Linear(i, o, bias=bias)
     x = torch.randn(3, 5, i)
-    out = lrdnb.apply(model, _full_rank_plan(model, x, "svd"))
-    assert isinstance(out.layer, FactorizedLinear)
-    torch.testing.assert_close(out(x), model(x), rtol=1e-4, atol=1e-5)
+    out = factorize(lin, "svd", [min(i, o)])
+    assert isinstance(out, FactorizedLinear)
+    torch.testing.assert_close(out(x), lin(x), rtol=1e-4, atol=1e-5)
 
 
 def test_svd_truncation_is_eckart_young():
