@@ -10,21 +10,16 @@ Example:
     >>> plan.to_frame()[["name", "method", "ranks"]].head(3)  # doctest: +SKIP
 """
 from .decompose import apply, decompose, load, save
+from .freezing import NoFreezing, RegularFreezing, SequentialFreezing, make_schedule
 from .layers import FactorizedConv2d, FactorizedLinear, Tucker2Conv2d, factor_roles, is_factorized
 from .plan import LayerSpec, Plan, plan
+from .rankopt import RankSearch, Timing, optimize_ranks
+from .train import evaluate, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "plan", "Plan", "LayerSpec", "apply", "decompose", "save", "load",
+    "plan", "Plan", "LayerSpec", "optimize_ranks", "RankSearch", "Timing", "apply", "decompose", "save", "load",
+    "fit", "evaluate", "RegularFreezing", "SequentialFreezing", "NoFreezing", "make_schedule",
     "FactorizedLinear", "FactorizedConv2d", "Tucker2Conv2d", "factor_roles", "is_factorized",
-    "optimize_ranks",
 ]
-
-
-def __getattr__(name):
-    if name == "optimize_ranks":  # lazy: pulls in timing machinery
-        from .rankopt import optimize_ranks
-
-        return optimize_ranks
-    raise AttributeError(f"module 'lrdnb' has no attribute {name!r}")

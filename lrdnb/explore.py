@@ -3,7 +3,7 @@
 An *explorer table* has one row per (layer, rank) of a plan's decomposed layers: parameters and
 FLOPs (:func:`lrdnb.plan.cost`), relative reconstruction error (eq. 3 for SVD, HOSVD for
 Tucker2; :func:`lrdnb.factors.svd_error_curve`, :func:`lrdnb.factors.tucker2_error_curve`)
-and step time where a :func:`lrdnb.sweeps.sweep` measured it. Everything the explorers show is
+and step time where a :func:`lrdnb.rankopt.sweep` measured it. Everything the explorers show is
 computed from it by plain functions, fast enough for a slider callback:
 
 * :func:`layer_summary` - one layer at one rank, plus Algorithm 1's choice
@@ -32,6 +32,9 @@ from torch import nn
 
 from . import ranks as R
 from .plan import LayerSpec, Plan, cost
+from .rankopt import Timing, algorithm1, joint_select, rank_range, sweep
+
+TIMING_FIELDS = {f for f in Timing.__dataclass_fields__ if f != "pass_"}
 
 __all__ = [
     "EXPLORE_COLUMNS", "explorer_data", "sweep_plan", "prepare_explorer_data", "save_explorer_data",
@@ -48,21 +51,6 @@ EXPLORE_COLUMNS = (
 _FLOP_RATE = 1e12  # nominal FLOP/s of the FLOP proxy used when no sweep is given
 
 
-def _rankopt():
-    """:mod:`lrdnb.rankopt`, imported lazily (it pulls in ``torch.utils.benchmark``, whose import
-    logs a CUDA_HOME warning on CUDA-less machines that would land in every notebook output)."""
-    import logging
-
-    log = logging.getLogger("torch.utils.cpp_extension")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        from . import rankopt
-    finally:
-        log.setLevel(level)
-    return rankopt
-
-
 def _full_rank(spec: LayerSpec) -> int:
     c, s = spec.in_channels, spec.out_channels
     kk = spec.kernel[0] * spec.kernel[1]
@@ -71,20 +59,18 @@ def _full_rank(spec: LayerSpec) -> int:
 
 def _pair(spec: LayerSpec, r1: int, beta: float) -> list[int]:
     """Ranks of ``spec``'s method at slider rank ``r1`` (Tucker2: ``r2 = floor(beta r1)``, as
-    :func:`lrdnb.sweeps.sweep` builds them)."""
-    if spec.method != "tucker2":
-        return [int(r1)]
-    return [int(r1), min(spec.out_channels, max(1, int(beta * r1)))]
+    :func:`lrdnb.rankopt.sweep` builds them)."""
+    return R.tucker2_pair(r1, beta, spec.out_channels) if spec.method == "tucker2" else [int(r1)]
 
 
 def _rank_min(spec: LayerSpec, alpha: float | None, beta: float) -> int:
     """``R_min`` of Algorithm 1 (eq. 6), exactly as :func:`lrdnb.rankopt.rank_range` (and so the
     default sweep) computes it: the rank at the layer's compression + 1."""
-    return int(_rankopt().rank_range(spec, alpha=alpha, beta=beta)[-1])
+    return int(rank_range(spec, alpha=alpha, beta=beta)[-1])
 
 
 def _sweep_rows(sweeps: pd.DataFrame | None, spec: LayerSpec, pass_: str, time_col: str) -> tuple[dict[int, float], float | None]:
-    """``({rank: seconds}, original seconds)`` of one layer from a :func:`lrdnb.sweeps.sweep`
+    """``({rank: seconds}, original seconds)`` of one layer from a :func:`lrdnb.rankopt.sweep`
     frame (rows matched by ``signature`` (or ``layer``), ``pass`` and method; rank 0 = original)."""
     if sweeps is None or len(sweeps) == 0:
         return {}, None
@@ -112,8 +98,8 @@ def _layer_rows(spec: LayerSpec, weight: torch.Tensor, sweeps: pd.DataFrame | No
     else:
         curve = svd_error_curve(weight).numpy()
         err = lambda rk: float(curve[rk[0]])  # noqa: E731
-    if beta is None:  # as lrdnb.sweeps.sweep: the plan's own r2 / r1
-        beta = spec.ranks[1] / spec.ranks[0] if spec.method == "tucker2" else 1.0
+    if beta is None:  # as lrdnb.rankopt.sweep: the plan's own r2 / r1
+        beta = R.beta_of(spec.ranks)
     times, t_orig = _sweep_rows(sweeps, spec, pass_, time_col)
     if sweeps is not None and (not times or t_orig is None):
         raise ValueError(f"the sweep has no {pass_!r} times for layer {spec.name!r} ({spec.signature}, {spec.method}); "
@@ -170,7 +156,7 @@ def explorer_data(
         model: the (undecomposed) model ``plan`` was made for; its weights give the errors.
         example: the example batch (its batch size scales the FLOP proxy).
         plan: a :class:`~lrdnb.plan.Plan` of ``model``.
-        sweeps_df: concatenated :func:`lrdnb.sweeps.sweep` frames of the plan's layers (matched
+        sweeps_df: concatenated :func:`lrdnb.rankopt.sweep` frames of the plan's layers (matched
             by ``signature``); ``None``: no timings, ``time_s`` is a FLOP proxy
             (``flops * batch / 1e12``, ``time_source == "flops"``), labelled as such.
         pass_: which sweep pass to read (``forward``, ``train``, ``step``).
@@ -178,7 +164,7 @@ def explorer_data(
         alpha: compression ratio whose eq.-6 rank (``alpha + 1``) is ``R_min``; default: each
             layer's achieved compression (as :func:`lrdnb.rankopt.rank_range`).
         beta: ``r2 / r1`` of Tucker2 layers; default: each layer's planned ``r2 / r1`` (as
-            :func:`lrdnb.sweeps.sweep`).
+            :func:`lrdnb.rankopt.sweep`).
 
     Returns:
         DataFrame with :data:`EXPLORE_COLUMNS`.
@@ -208,7 +194,7 @@ def sweep_plan(
     progress: bool = True,
     **sweep_kwargs: Any,
 ) -> pd.DataFrame:
-    """Time every distinct layer signature of ``plan`` once with :func:`lrdnb.sweeps.sweep`.
+    """Time every distinct layer signature of ``plan`` once with :func:`lrdnb.rankopt.sweep`.
 
     Args:
         ranks: ``"range"``: Algorithm 1's ``[R_min, R]`` (:func:`lrdnb.rankopt.rank_range`);
@@ -221,8 +207,8 @@ def sweep_plan(
     """
     from tqdm.auto import tqdm
 
-    rank_range, sweep = _rankopt().rank_range, _rankopt().sweep
-
+    timing = Timing.from_dict({k: sweep_kwargs.pop(k) for k in list(sweep_kwargs) if k in TIMING_FIELDS}
+                              | {"cache": sweep_kwargs.pop("cache", None)})
     if ranks not in ("range", "wide"):
         raise ValueError(f"unknown ranks {ranks!r}; valid: 'range', 'wide'")
     todo = list({s.signature + s.method: s for s in plan.decomposed}.values())
@@ -230,11 +216,11 @@ def sweep_plan(
     for spec in tqdm(todo, desc="sweep signatures", unit="sig", disable=not progress):
         rr = set(rank_range(spec))
         if ranks == "wide":
-            beta = spec.ranks[1] / spec.ranks[0] if spec.method == "tucker2" else 1.0
+            beta = R.beta_of(spec.ranks)
             top = next(r for r in range(_full_rank(spec), 0, -1)
                        if cost(spec, spec.method, _pair(spec, r, beta))[0] < spec.params_before or r <= max(rr))
             rr |= set(range(step, top + 1, step))
-        frames.append(sweep(spec, sorted(rr), passes=passes, progress=False, **sweep_kwargs))
+        frames.append(sweep(spec, sorted(rr), passes=passes, timing=timing, progress=False, **sweep_kwargs))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -290,7 +276,7 @@ def prepare_explorer_data(
         threads: intra-op threads while timing (``None``/0: torch's default). One thread is far
             less noisy on a shared, oversubscribed CPU.
         data_name: default ``sweep_<model>_<image_size>px_b<batch>_<pass_>``.
-        Others: see :func:`sweep_plan` / :func:`lrdnb.sweeps.sweep`.
+        Others: see :func:`sweep_plan` / :func:`lrdnb.rankopt.sweep`.
 
     Returns:
         The explorer table; ``attrs["meta"]`` holds the sweep's provenance.
@@ -351,7 +337,6 @@ def _predicted_time(t: pd.DataFrame, rank: int) -> float:
 def algorithm1_choice(data: pd.DataFrame, layer: str) -> tuple[int | None, str]:
     """Algorithm 1 on one layer's measured ranks in ``[R_min, plan rank]`` (calls
     :func:`lrdnb.rankopt.algorithm1`); ``(None, why)`` where nothing was measured."""
-    algorithm1 = _rankopt().algorithm1
 
     t = layer_table(data, layer)
     lo, hi = int(t["rank_min"].iloc[0]), int(t["plan_rank"].iloc[0])
@@ -416,7 +401,6 @@ def model_summary(data: pd.DataFrame, budget: float | None = None, lam: float | 
         ``objective`` (the selection's sum of squared relative errors), ``lam``, ``budget_s``,
         ``within_budget``, ``decomposed``, ``layers``.
     """
-    joint_select = _rankopt().joint_select
 
     curves = joint_curves(data) if curves is None else curves
     orig = curves[curves["rank"] == 0].set_index("layer")

@@ -9,6 +9,8 @@
   layers-targeted paper (Ahmed et al. 2022, after Kholiavchenko 2018).
 * :func:`energy_rank` - keep the singular values that hold a fraction of the energy.
 * :func:`quantize_rank` - rank quantization of the layers-targeted paper (multiples of N).
+* :func:`rank_range` - the ranks Algorithm 1 searches, eq. 5 down to eq. 6;
+  :func:`beta_of` / :func:`tucker2_pair` - the Tucker2 pair ``(r1, floor(beta r1))`` of eq. 5.
 
 No torch modules here; weights enter only as arrays (numpy or torch).
 """
@@ -21,6 +23,9 @@ from typing import Sequence
 import numpy as np
 
 __all__ = [
+    "beta_of",
+    "tucker2_pair",
+    "rank_range",
     "tucker2_rank",
     "tucker2_rank_min",
     "tucker2_params",
@@ -148,6 +153,77 @@ def quantize_rank(rank: int, multiple: int | None, max_rank: int, mode: str = "f
         fit = (max_rank // multiple) * multiple if multiple else max_rank
         q = fit if fit >= 1 else max_rank
     return int(min(max(q, 1), max_rank))
+
+
+def beta_of(ranks: Sequence[int]) -> float:
+    """``beta = r2 / r1`` of a Tucker2 rank pair (eq. 5); 1.0 for anything else (an SVD rank, none).
+
+    Example:
+        >>> beta_of([300, 150]), beta_of([64])
+        (0.5, 1.0)
+    """
+    return ranks[1] / ranks[0] if len(ranks) == 2 and ranks[0] > 0 else 1.0
+
+
+def tucker2_pair(r1: int, beta: float, s: int | None = None) -> list[int]:
+    """The Tucker2 ranks ``[r1, r2]`` at input rank ``r1``: ``r2 = floor(beta r1)`` (eq. 5),
+    at least 1 and at most ``s`` (the output channels) when given.
+
+    Example:
+        >>> tucker2_pair(256, 1.0), tucker2_pair(300, 0.5), tucker2_pair(300, 2.0, s=512)
+        ([256, 256], [300, 150], [300, 512])
+    """
+    r2 = max(1, int(beta * r1 + 1e-9))
+    return [int(r1), min(r2, s) if s is not None else r2]
+
+
+def rank_range(
+    c: int,
+    s: int,
+    kernel: Sequence[int] | int,
+    method: str,
+    alpha: float | None = None,
+    ranks: Sequence[int] = (),
+    beta: float | None = None,
+) -> list[int]:
+    """The ranks Algorithm 1 searches: from ``R`` (compression ``alpha``, eq. 5) down to ``R_min``
+    (compression ``alpha + 1``, eq. 6), descending.
+
+    For Tucker2 these are ``r1`` (``r2 = floor(beta r1)``, ``beta`` from ``ranks`` by default);
+    for SVD the eq.-2 rank of the ``S x (C k_h k_w)`` unfolding (``c`` is the input channels,
+    the kernel is multiplied in here). With ``alpha=None``, ``ranks`` (the layer's current ranks)
+    give ``R`` and ``R_min`` is the rank at their achieved compression + 1: for VBMF, quantized or
+    hand-set plans.
+
+    Example:
+        >>> r = rank_range(512, 512, 3, "tucker2", alpha=2); (r[0], r[-1], len(r))
+        (309, 244, 66)
+        >>> rank_range(512, 512, 3, "tucker2", ranks=[256, 256])[:2]
+        [256, 255]
+    """
+    kk = _kk(kernel)
+    full = c * s * kk
+    if method == "tucker2":
+        beta = beta_of(ranks) if beta is None else beta
+        if alpha is None:
+            if len(ranks) != 2:
+                raise ValueError(f"give alpha, or Tucker2 ranks [r1, r2] (got {list(ranks)})")
+            top, alpha = int(ranks[0]), full / tucker2_params(c, s, kernel, *ranks)
+        else:
+            top = tucker2_rank(c, s, kernel, alpha, beta)[0]
+        low = tucker2_rank_min(c, s, kernel, alpha, beta)[0]
+    elif method == "svd":
+        if alpha is None:
+            if len(ranks) != 1:
+                raise ValueError(f"give alpha, or an SVD rank [r] (got {list(ranks)})")
+            top, alpha = int(ranks[0]), full / svd_params(c * kk, s, ranks[0])
+        else:
+            top = svd_rank(c * kk, s, alpha)
+        low = svd_rank(c * kk, s, alpha + 1.0)
+    else:
+        raise ValueError(f"unknown method {method!r}; valid: 'svd', 'tucker2'")
+    low = max(1, min(low, top))
+    return list(range(int(top), int(low) - 1, -1))
 
 
 def _as_numpy(w) -> np.ndarray:

@@ -60,7 +60,7 @@ def test_accuracy_table_structure_and_reference_reuse(tmp_path: Path, no_timing)
     start = hist[hist["epochs_done"] == 0].set_index("method")["test_acc"]
     assert (start == t["acc_before"]).all()
     # optimize_ranks got the device and pass defaults
-    assert no_timing and no_timing[0]["pass_"] == "train"
+    assert no_timing and no_timing[0]["timing"].pass_ == "train"
     ref = meta["results"]["reference"]
     assert ref["reused"] is False and Path(ref["checkpoint"]).exists() and len(ref["rows"]) == 1
     assert meta["params"]["model"] == "resnet10_cpu" and "not interleaved" in meta["note"]

@@ -232,7 +232,7 @@ def test_flop_time_share_and_amdahl():
 def test_profiler_chatter_is_dropped_other_stderr_kept(capfd):
     import os
 
-    with T._quiet_kineto():
+    with T.quiet_kineto():
         os.write(2, b"USDT:2026-11-23 14:59:58 1:1 SyncActivityProfilerHandler.cpp:39] profiler_start\n")
         os.write(2, b"ERROR:2026 1:1 DeviceProperties.cpp:56] gpuGetDeviceCount failed with code 35\n")
         os.write(2, b"a real warning\n")

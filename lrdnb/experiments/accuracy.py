@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import make_loaders
 from ..models import get_model
 from ..provenance import provenance, resolve_device
-from ..timing import interleaved, make_runner, paired_ratios
+from ..rankopt.measure import interleaved, make_runner, paired_ratios
 from ..train import evaluate, fit
 from .variants import METHODS, Variant, build_variants
 
@@ -163,7 +163,7 @@ def interleaved_train_speed(
     reference: str = "original",
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Training-step speed of each variant, timed round-robin (:func:`lrdnb.timing.interleaved`).
+    """Training-step speed of each variant, timed round-robin (:func:`lrdnb.rankopt.measure.interleaved`).
 
     A step is forward + backward + SGD momentum on a random batch of ``input_shape``, with the
     variant's frozen set (the schedule at epoch 0; a schedule whose frozen set alternates, e.g.

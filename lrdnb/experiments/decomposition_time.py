@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
+from .. import rankopt
 from ..decompose import apply
 from ..freezing import make_schedule
 from ..models import get_model
@@ -99,13 +100,11 @@ def decomposition_time_table(
         row["freezing_s"] = row[f"lrd_{weights[0]}_s"] + row["freeze_s"]
         del decomposed
         if rank_opt:
-            from ..rankopt import optimize_ranks
-
             with tempfile.TemporaryDirectory(prefix="lrdnb-cache-") as cache:
                 for temp in ("cold", "warm"):
                     p0, t_plan = _timed(lambda: make_plan(model, example, ratio=ratio), dev)
-                    p1, t_opt = _timed(lambda: optimize_ranks(model, example, p0, method="algorithm1",
-                                                              **{**opt_kwargs, "cache": cache}), dev)
+                    p1, t_opt = _timed(lambda: rankopt.optimize_ranks(
+                        model, example, p0, method="algorithm1", **rankopt.split_settings({**opt_kwargs, "cache": cache})), dev)
                     _, t_apply = _timed(lambda: apply(model, p1, weights=weights[0]), dev)
                     row[f"optimize_{temp}_s"] = t_opt
                     row[f"rank_opt_{temp}_s"] = t_plan + t_opt + t_apply

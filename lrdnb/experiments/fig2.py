@@ -3,7 +3,7 @@
 The paper times a [512, 512, 3, 3] conv of ResNet-152 decomposed by Tucker2 at ranks 270..242 on
 a V100: the time is flat over most of the range but drops 15% from rank 257 to 256. Algorithm 1
 picks the rank just past the largest drop. :func:`step_time_vs_rank` measures the same curve on
-this device with :func:`lrdnb.sweeps.sweep` (several independent sweeps, to show how much of the
+this device with :func:`lrdnb.rankopt.sweep` (several independent sweeps, to show how much of the
 curve is the device and how much is noise) and runs Algorithm 1 on each sweep and on all pooled.
 """
 from __future__ import annotations
@@ -16,9 +16,10 @@ import torch
 
 from ..plan import LayerSpec
 from ..provenance import provenance, resolve_device
-from ..rankopt import _curve, algorithm1, curve_steps, rank_range, top_candidates
-from ..steps import verify_steps
-from ..sweeps import sweep
+from ..rankopt import Timing, algorithm1, curve_arrays, curve_steps, rank_range, sweep, top_candidates
+from ..rankopt.measure import LayerBench
+from ..rankopt.sweep import LayerCurves
+from ..rankopt.verify import verify_steps
 
 __all__ = ["PAPER_FIG2", "fig2_spec", "step_time_vs_rank"]
 
@@ -55,7 +56,6 @@ def step_time_vs_rank(
     repeats: int = 3,
     sweeps: int = 2,
     min_run_time: float = 0.01,
-    reference_every: int = 4,
     variant: str = "paper",
     smooth: str | None = "consistent",
     multiple: int | None = None,
@@ -73,13 +73,13 @@ def step_time_vs_rank(
         method: ``"tucker2"`` (ranks ``r1``, ``r2 = floor(beta r1)``) or ``"svd"``.
         alpha, beta: the range's defaults: eq. 5 at ``alpha`` down to eq. 6 (``alpha + 1``).
         rank_max, rank_min: an explicit range instead.
-        passes: passes to time (:data:`lrdnb.timing.PASSES`); ``choice_pass`` is the one
+        passes: passes to time (:data:`lrdnb.rankopt.PASSES`); ``choice_pass`` is the one
             Algorithm 1 runs on.
-        repeats, min_run_time, reference_every: per sweep (see :func:`lrdnb.sweeps.sweep`).
+        repeats, min_run_time: per sweep (see :func:`lrdnb.rankopt.sweep`).
         sweeps: independent sweeps (different seeds and visit orders) to show the choice's stability.
         variant, smooth, multiple, tie_tol: Algorithm 1's options (:func:`lrdnb.rankopt.algorithm1`).
         verify_top, verify_rounds: re-time each sweep's best candidate steps in interleaved pairs
-            (:func:`lrdnb.pairs.verify_steps`); ``0``: Algorithm 1 on the sweep alone.
+            (:func:`lrdnb.rankopt.verify.verify_steps`); ``0``: Algorithm 1 on the sweep alone.
 
     Returns:
         ``(curves, choices)``: the sweep rows with a ``sweep`` column (0, 1, ...), rows sorted by
@@ -94,7 +94,6 @@ def step_time_vs_rank(
     params = dict(locals())
     params.pop("progress")
     dev = resolve_device(device)
-    tdtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     spec = fig2_spec(weight_shape, input_size, batch, method)
     if method == "tucker2":
         spec.ranks = [1, max(1, int(beta))]  # only beta matters for the range
@@ -104,13 +103,13 @@ def step_time_vs_rank(
     if not 1 <= lo < hi:
         raise ValueError(f"rank range needs 1 <= rank_min < rank_max, got {lo}..{hi}")
     ranks = list(range(hi, lo - 1, -1))
+    timing = Timing(device=str(dev), threads=threads, dtype=str(dtype), channels_last=channels_last, cache=None,
+                    min_run_time=min_run_time, pass_=choice_pass)
+    t = timing.resolve()
     frames = []
-    for k in range(sweeps):
-        df = sweep(spec, ranks=ranks, passes=passes, device=dev, threads=threads, dtype=tdtype,
-                   channels_last=channels_last, method=method, beta=beta, repeats=repeats,
-                   orders=("desc", "asc", "shuffle") if k % 2 == 0 else ("asc", "desc", "shuffle"),
-                   reference_every=reference_every, min_run_time=min_run_time, seed=seed + k, cache=None,
-                   progress=progress)
+    for k in range(sweeps):  # sweeps differ in seed, so in the order of their shuffled passes
+        df = sweep(spec, ranks=ranks, passes=passes, timing=t, method=method, beta=beta, repeats=repeats,
+                   seed=seed + k, progress=progress)
         frames.append(df.assign(sweep=k))
     curves = pd.concat(frames, ignore_index=True)
     curves["keep_last"] = curves["method"] == "keep"
@@ -122,15 +121,14 @@ def step_time_vs_rank(
         smooth = "median3"  # one repeat per sweep: no per-repeat pairs to check
     opts = dict(variant=variant, smooth=smooth, multiple=multiple, tie_tol=tie_tol)
     for k, df in curves.groupby("sweep"):
-        r, t2, tm, T = _curve(df, choice_pass)
+        r, t2, tm, T = curve_arrays(df, choice_pass)
         stacks.append(t2)
         Ts.append(T)
         vt = None
         if verify_top:
             top = top_candidates(r, t2, verify_top, variant, multiple, smooth)
-            vt = verify_steps(spec, top, choice_pass, rounds=verify_rounds, device=dev, threads=threads,
-                              dtype=tdtype, channels_last=channels_last, method=method, beta=beta,
-                              min_run_time=min_run_time, progress=progress)
+            bench = LayerBench(spec, method, beta, t, seed=seed + k)
+            vt = verify_steps(lambda: bench, LayerCurves(spec, method, beta, t, (choice_pass,)), top, verify_rounds)
             checks.append(vt.assign(sweep=k))
         rows.append(_choice(str(k), r, t2, tm, T, vt, opts))
     pooled = np.concatenate(stacks, axis=0)

@@ -42,7 +42,7 @@ OP_CATEGORIES: dict[str, re.Pattern] = {
 _KINETO_CHATTER = re.compile(r"^(USDT|STAGE):.*(profiler_start|profiler_stop|Completed Stage)|gpuGetDeviceCount failed")
 
 @contextlib.contextmanager
-def _quiet_kineto():
+def quiet_kineto():
     """Hold the process's stderr (file descriptor 2) in a temporary file while profiling and
     pass on every line that is not :data:`_KINETO_CHATTER`."""
     sys.stderr.flush()
@@ -97,7 +97,7 @@ def op_time_breakdown(fn: Callable[[], Any], calls: int = 3) -> pd.DataFrame:
     from torch.profiler import ProfilerActivity, profile
 
     fn()
-    with _quiet_kineto(), profile(activities=[ProfilerActivity.CPU]) as prof:
+    with quiet_kineto(), profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(calls):
             fn()
     rows = []

@@ -3,8 +3,8 @@
 * :func:`throughput_table` - Table 1: training and inference images/s of ``original``, ``lrd``,
   ``rank_opt`` (Algorithm 1), ``freezing`` (regular freezing, Sec. 2.2) and ``combined``, all built
   from one base model (:func:`lrdnb.experiments.variants.build_variants`) and timed round-robin
-  (:func:`lrdnb.timing.interleaved`) so that the machine's slow episodes hit every method alike;
-  deltas are medians of per-round paired ratios (:func:`lrdnb.timing.paired_ratios`) with their
+  (:func:`lrdnb.rankopt.measure.interleaved`) so that the machine's slow episodes hit every method alike;
+  deltas are medians of per-round paired ratios (:func:`lrdnb.rankopt.measure.paired_ratios`) with their
   min-max. Also FLOPs (``torch.utils.flop_counter``) and the FLOP-predicted speed-up, so the gap
   between what the arithmetic promises and what the device delivers is visible.
 * :func:`decomposition_time_table`, :func:`side_by_side_time` - Table 2, in
@@ -21,16 +21,15 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.benchmark.utils.common import set_torch_threads
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..decompose import WEIGHT_METHODS
 from ..models import get_model
 from ..paper import METHOD_LABELS, table1 as paper_table1
 from ..provenance import provenance, resolve_device
-from ..timing import interleaved, make_runner, paired_ratios
+from ..rankopt.measure import interleaved, make_runner, paired_ratios, set_torch_threads
 from .decomposition_time import decomposition_time_table, side_by_side_time
-from .optime import FLOP_OPS, _quiet_kineto, flop_time_share, op_time_breakdown  # noqa: F401 (re-exported: tests, users)
+from .optime import FLOP_OPS, quiet_kineto, flop_time_share, op_time_breakdown  # noqa: F401 (re-exported: tests, users)
 from .variants import METHODS, build_variants
 
 __all__ = ["PASSES", "count_flops", "throughput_table", "decomposition_time_table", "side_by_side", "check_targets",
@@ -68,7 +67,7 @@ def count_flops(model: nn.Module, example: torch.Tensor, train: bool = False) ->
 
 
 def pass_summary(raw: pd.DataFrame, batch: int, reference: str = "original", pass_: str = "train") -> pd.DataFrame:
-    """Images/s and speed-ups of one pass from an :func:`lrdnb.timing.interleaved` frame.
+    """Images/s and speed-ups of one pass from an :func:`lrdnb.rankopt.measure.interleaved` frame.
 
     Args:
         raw: ``round, variant, median_s, ...`` rows (one per round and variant).
@@ -181,7 +180,7 @@ def throughput_table(
     :func:`~lrdnb.experiments.variants.build_variants` (rank optimization by Algorithm 1 through
     :func:`lrdnb.rankopt.optimize_ranks`; freezing by ``schedule.apply(model, epoch=0)``), then
     per pass all variants timed round-robin for ``rounds`` rounds. ``train`` is forward +
-    backward + SGD momentum step over the trainable parameters (:func:`lrdnb.timing.make_runner`,
+    backward + SGD momentum step over the trainable parameters (:func:`lrdnb.rankopt.measure.make_runner`,
     pass ``"step"``); ``infer`` is an eval forward under ``no_grad``. Freezing cannot change
     inference (same architecture as ``lrd``); it is measured anyway and ``infer_vs_lrd_pct``
     shows how far apart two equal models read (the noise floor).
@@ -206,7 +205,7 @@ def throughput_table(
             on the values) or ``"hosvd"`` / ``"hooi"``.
         min_run_time: seconds per measurement (``Timer.blocked_autorange``; with ``calls=0``).
         calls: if > 0, each measurement is one timed block of ``calls`` calls (mode ``"fixed"``
-            of :func:`lrdnb.timing.time_callable`), after one untimed warm-up call per variant
+            of :func:`lrdnb.rankopt.measure.time_callable`), after one untimed warm-up call per variant
             before the first round, instead of ``blocked_autorange``. For steps longer than
             ``min_run_time``, ``blocked_autorange`` spends one untimed call estimating the block
             size and then times one call, so ``calls=2`` costs the same and times twice as many.

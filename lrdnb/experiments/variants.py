@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from .. import rankopt
 from ..decompose import apply
 from ..freezing import FreezingSchedule, make_schedule
 from ..plan import Plan, plan as make_plan
@@ -62,7 +63,7 @@ def build_variants(
             speed matters and weights are irrelevant).
         freezing: schedule name for the ``freezing`` variant.
         combined_freezing: schedule name for ``combined``.
-        optimize_kwargs: for :func:`lrdnb.rankopt.optimize_ranks` (device, pass_, cache, ...).
+        optimize_kwargs: flat settings of :func:`lrdnb.rankopt.optimize_ranks` (:func:`lrdnb.rankopt.split_settings`: device, pass_, cache, grid, ...).
         **plan_kwargs: for :func:`lrdnb.plan` (selector, quantize, mode, include, ...).
 
     Returns:
@@ -79,10 +80,9 @@ def build_variants(
     if {"lrd", "freezing"} & set(methods):
         lrd_plan = make_plan(model, example_input, ratio=ratio, **plan_kwargs)
     if {"rank_opt", "combined"} & set(methods):
-        from ..rankopt import optimize_ranks
-
         base = lrd_plan or make_plan(model, example_input, ratio=ratio, **plan_kwargs)
-        rank_plan = optimize_ranks(model, example_input, base, method="algorithm1", **(optimize_kwargs or {}))
+        rank_plan = rankopt.optimize_ranks(model, example_input, base, method="algorithm1",
+                                           **rankopt.split_settings(optimize_kwargs))
     for m in methods:
         if m == "original":
             out[m] = Variant(m, copy.deepcopy(model), None, make_schedule("none"))

@@ -1,4 +1,4 @@
-"""Choosing ranks from measured step-time curves (pure functions; no timing here).
+"""Choosing ranks from measured step-time curves and paired checks (pure functions; no timing).
 
 * :func:`algorithm1` - Algorithm 1 of Hajimolahoseini et al. 2023 ("Speeding up low-rank
   decomposition with rank optimization and sequential freezing", Sec. 2.1) on a measured curve,
@@ -9,7 +9,8 @@
   tables of Idelbayev & Carreira-Perpinan, "beyond FLOPs"): all ranks at once, minimising total
   reconstruction error under a total time budget by Lagrangian relaxation.
 
-:func:`lrdnb.rankopt.optimize_ranks` measures the curves and applies these to a plan.
+:func:`lrdnb.rankopt.optimize_ranks` measures the curves and applies these to a plan;
+:func:`confirmed` and :func:`settled` judge paired re-timings, :func:`fastest` the final check.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["VARIANTS", "SMOOTHERS", "step_table", "top_candidates", "algorithm1", "confirmed", "curve_steps", "joint_select"]
+__all__ = ["VARIANTS", "SMOOTHERS", "step_table", "top_candidates", "algorithm1", "confirmed", "settled",
+           "paired_table", "fastest", "curve_steps", "joint_select"]
 
 VARIANTS = ("paper", "relative")
 SMOOTHERS = (None, "median3", "median5", "consistent")
@@ -92,7 +94,7 @@ def top_candidates(
     smooth: str | None = None,
     min_drop: float = 0.0,
 ) -> list[int]:
-    """The ``k`` best candidate steps of a curve, to re-time with :func:`lrdnb.pairs.verify_steps`.
+    """The ``k`` best candidate steps of a curve, to re-time with :func:`lrdnb.rankopt.verify.verify_steps`.
 
     Ranked on the (smoothed) :func:`step_table`; a running median can shift a step by one rank
     on a noisy curve, so each pick is snapped to the largest unsmoothed step among itself and its
@@ -111,7 +113,7 @@ def top_candidates(
 
 
 def confirmed(verified: pd.DataFrame, confirm: float = 0.8, min_drop: float = 0.0) -> pd.Series:
-    """Which rows of a :func:`lrdnb.pairs.verify_steps` table are confirmed steps: seen faster in
+    """Which rows of a :func:`lrdnb.rankopt.verify.verify_steps` table are confirmed steps: seen faster in
     at least ``confirm`` of the rounds (tables without ``faster``: in all of them), median ratio
     below 1 and a drop of at least ``min_drop``.
 
@@ -122,6 +124,56 @@ def confirmed(verified: pd.DataFrame, confirm: float = 0.8, min_drop: float = 0.
     """
     faster = verified["faster"] if "faster" in verified else (verified["ratio_max"] < 1.0).astype(float)
     return (faster >= confirm) & (verified["ratio"] < 1.0) & (verified["ratio"] <= 1.0 - min_drop)
+
+
+def paired_table(q: Mapping[int, Sequence[float]], above: int = 1) -> pd.DataFrame:
+    """Paired re-timings ``{candidate: per-round ratios t(c) / t(c + above)}`` as the table
+    :func:`algorithm1` reads: ``candidate, above, ratio`` (median), ``ratio_min``, ``ratio_max``,
+    ``drop_rel`` (``1 - ratio``), ``rounds``, ``faster`` (fraction of rounds with ratio < 1).
+
+    Example:
+        >>> paired_table({255: [0.9, 0.92, 1.01]}).round(2).iloc[0, :3].tolist()
+        [255.0, 256.0, 0.92]
+    """
+    rows = [{"candidate": int(c), "above": int(c) + above, "ratio": float(np.median(v)), "ratio_min": float(min(v)),
+             "ratio_max": float(max(v)), "drop_rel": 1.0 - float(np.median(v)), "rounds": len(v),
+             "faster": float(np.mean(np.asarray(v) < 1.0))} for c, v in q.items() if len(v)]
+    cols = ["candidate", "above", "ratio", "ratio_min", "ratio_max", "drop_rel", "rounds", "faster"]
+    return pd.DataFrame(rows, columns=cols).sort_values("candidate", ascending=False).reset_index(drop=True)
+
+
+def settled(ratios: Sequence[float], rounds: int, confirm: float = 0.8, min_drop: float = 0.0) -> bool:
+    """Whether a paired check's verdict (:func:`confirmed`) can no longer change, so its
+    remaining rounds can be skipped: too many rounds were slower for it ever to be confirmed
+    (with 5 rounds and 0.8: at the second slower round), or after 3 rounds its median drop is
+    under ``min_drop``. Confirmed steps run every round: their drops are then compared.
+
+    Example:
+        >>> settled([1.1, 1.05], rounds=5), settled([0.9, 0.9], rounds=5)
+        (True, False)
+    """
+    need = int(np.ceil(confirm * rounds - 1e-9))
+    fast = sum(x < 1 for x in ratios)
+    return len(ratios) - fast > rounds - need or bool(min_drop and len(ratios) >= 3
+                                                      and np.median(ratios) > 1 - min_drop)
+
+
+def fastest(q: Mapping[str, Sequence[float]], prefer: Sequence[str]) -> tuple[str, dict[str, dict[str, float]]]:
+    """The fastest of several whole-model candidates from paired rounds against one of them.
+
+    ``q[name]``: per-round ratios ``t(name) / t(reference)`` (the reference's own are 1). The
+    candidate with the lowest median ratio wins; exact ties go to the earliest in ``prefer``.
+    Returns the winner and per candidate ``{median, min, max, won}`` (``won``: fraction of rounds
+    faster than the reference).
+
+    Example:
+        >>> fastest({"plan": [1, 1, 1], "searched": [0.9, 0.95, 1.02]}, ["searched", "plan"])[0]
+        'searched'
+    """
+    stats = {n: {"median": float(np.median(v)), "min": float(min(v)), "max": float(max(v)),
+                 "won": float(np.mean(np.asarray(v) < 1.0))} for n, v in q.items()}
+    best = min(prefer, key=lambda n: (stats[n]["median"], list(prefer).index(n)))
+    return best, stats
 
 
 def algorithm1(
@@ -135,7 +187,6 @@ def algorithm1(
     verified: pd.DataFrame | None = None,
     tie_tol: float = 0.0,
     confirm: float = 0.8,
-    tie_z: float = 0.0,
 ) -> tuple[int | None, str]:
     """Algorithm 1 (Hajimolahoseini et al. 2023): the rank just past the biggest step-time drop.
 
@@ -149,16 +200,12 @@ def algorithm1(
     as in the paper. With the defaults this is exactly the paper's algorithm.
 
     For noisy devices (beyond the paper): ``smooth``, ``min_drop``, and ``verified`` - paired
-    re-measurements of the best candidates (:func:`lrdnb.pairs.verify_steps`): then only
+    re-measurements of the best candidates (:func:`lrdnb.rankopt.verify.verify_steps`): then only
     candidates whose rounds confirmed the drop (``confirm``) compete, scored by their paired drop, and if
     none is confirmed the top rank ``R`` is kept (no step is worth extra compression). ``tie_tol``
     treats drops within ``tie_tol`` (relative units) of the best as equal and takes the highest of
     those ranks (least accuracy lost), which makes the choice stable when a device has several
-    equal steps (this CPU: every multiple of 16); ``tie_z`` widens that window per pair to what
-    the paired rounds can tell apart: a verified drop ties with the best unless it is smaller by
-    more than ``tie_z`` standard errors of the difference (``se`` of both, from their rounds) -
-    the highest of the statistically equal steps, which is the first of the paper's ``argmax``
-    (it scans from ``R`` down) among drops the device cannot rank.
+    equal steps (an AVX-512 CPU: every multiple of 16).
 
     Args:
         ranks: the measured ranks (any order; a coarse grid is fine: drops are taken between
@@ -177,12 +224,10 @@ def algorithm1(
         min_drop: candidates must save at least this fraction of ``t`` (verified ones: in their
             paired median); if none does, the top rank ``R`` is returned ("no step above the
             noise").
-        verified: :func:`lrdnb.pairs.verify_steps`'s table for some candidates.
+        verified: :func:`lrdnb.rankopt.verify.verify_steps`'s table for some candidates.
         confirm: a verified step counts if at least this fraction of its rounds saw it (and its
             median ratio is below 1); 0.8 = 4 of 5 rounds, so one disturbed round is tolerated.
         tie_tol: drops within this (relative) of the best count as ties -> highest rank.
-        tie_z: with ``verified`` (and its ``se`` column): drops within ``tie_z`` standard errors
-            of the difference from the best also count as ties (1.64: one-sided 5%).
 
     Returns:
         ``(rank, reason)``; ``rank`` is ``None`` when the original layer is at least as fast.
@@ -197,8 +242,7 @@ def algorithm1(
     curve = np.median(np.atleast_2d(np.asarray(times, dtype=float))[:, np.argsort(np.asarray(ranks))], axis=0)
     T = float(np.median(np.asarray(t_original, dtype=float)))
     opts = ", ".join(x for x in (smooth, f"x{multiple}" if multiple else "", "verified" if verified is not None
-                                 else "", f"ties {tie_tol:g}" if tie_tol else "",
-                                 f"ties {tie_z:g} se" if tie_z else "") if x)
+                                 else "", f"ties {tie_tol:g}" if tie_tol else "") if x)
     tag = f"Algorithm 1 ({variant}{', ' + opts if opts else ''})"
     if verified is not None:
         v = verified[confirmed(verified, confirm, min_drop)]
@@ -215,12 +259,8 @@ def algorithm1(
     else:
         best = cand["score"].max()
         tol = tie_tol * (1.0 if verified is not None or variant == "relative" else float(np.median(curve)))
-        window = pd.Series(tol, index=cand.index, dtype=float)
-        if tie_z and verified is not None and "se" in cand:
-            se_best = float(cand.loc[cand["score"].idxmax(), "se"])
-            window = np.maximum(window, (tie_z * np.sqrt(se_best ** 2 + cand["se"] ** 2)).fillna(0.0))
-        tied = bool(tie_tol or tie_z)
-        ties = cand[cand["score"] >= best - window] if tied else cand[cand["score"] == best]
+        tied = bool(tie_tol)
+        ties = cand[cand["score"] >= best - tol] if tied else cand[cand["score"] == best]
         pick = ties.sort_values("candidate").iloc[-1 if tied else 0]
         chosen = int(pick["candidate"])
         rel = float(pick["score"] if verified is not None else st.loc[st["candidate"] == chosen, "drop_rel"].iloc[0])

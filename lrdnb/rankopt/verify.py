@@ -1,0 +1,112 @@
+"""Paired re-timing: of a curve's candidate steps, of a layer against the original, and of
+whole decomposed models against each other.
+
+A single timing on this machine kind can be 3-7x off (slow episodes, docs/measuring.md), so no
+decision of the rank search rests on one: a step ``c + 1 -> c`` is believed, a layer kept
+original, or a plan returned only after the two sides were timed round-robin in the same rounds
+(:func:`lrdnb.rankopt.measure.paired_rounds`).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..plan import Plan
+from .config import ResolvedTiming
+from .measure import LayerBench, benchmark_timer, calls_for, make_runner, paired_rounds, shape_module
+from .select import confirmed, fastest, paired_table, settled
+from .sweep import LayerCurves
+
+__all__ = ["verify_steps", "original_faster", "shape_model", "check_plans"]
+
+
+def _paired(bench: Callable[[], LayerBench], store: LayerCurves, kind: str, pairs: dict[int, tuple[int, int]], rounds: int,
+            confirm: float, min_drop: float) -> dict[int, list[float]]:
+    """Per-round ratios of ``pairs`` (``{key: (a, b)}``, ratio ``t(a) / t(b)``), cached ones read
+    back and the rest timed on ``bench()`` and stored under ``kind``."""
+    have = {c: store.ratios(kind, c) for c in pairs}
+    todo = {c: ab for c, ab in pairs.items() if have[c] is None}
+    if todo:
+        q = bench().pairs(list(todo.values()), rounds, lambda v: settled(v, rounds, confirm, min_drop))
+        fresh = {c: q[ab] for c, ab in todo.items()}
+        store.add_paired(kind, fresh)
+        have.update(fresh)
+    return {c: v for c, v in have.items() if v}
+
+
+def verify_steps(bench: Callable[[], LayerBench], store: LayerCurves, candidates: Sequence[int], rounds: int = 5,
+                 confirm: float = 0.8, min_drop: float = 0.0) -> pd.DataFrame:
+    """Steps ``c + 1 -> c`` re-timed in pairs: per round ``t(c) / t(c + 1)``; a candidate leaves
+    the rotation once its verdict is settled (:func:`lrdnb.rankopt.select.settled`).
+
+    Returns:
+        :func:`lrdnb.rankopt.select.paired_table` of the candidates (what
+        :func:`lrdnb.rankopt.select.algorithm1` chooses among).
+    """
+    q = _paired(bench, store, "step", {int(c): (int(c), int(c) + 1) for c in candidates}, rounds, confirm, min_drop)
+    return paired_table(q)
+
+
+def original_faster(bench: Callable[[], LayerBench], store: LayerCurves, rank: int, rounds: int = 5,
+                    confirm: float = 0.8) -> tuple[bool, list[float]]:
+    """Is the original layer faster than rank ``rank``? Paired rounds of ``t(original) /
+    t(rank)``; yes only when confirmed (faster in ``confirm`` of the rounds, median below 1), so
+    a load spike during one timing never decides to keep a layer (Algorithm 1's last line)."""
+    q = _paired(bench, store, "orig", {int(rank): (0, int(rank))}, rounds, confirm, 0.0).get(int(rank), [])
+    return bool(len(q) and confirmed(paired_table({rank: q}), confirm).iloc[0]), q
+
+
+def shape_model(model: nn.Module, plan: Plan, frozen: Mapping[str, Sequence[str]] | None = None) -> nn.Module:
+    """A copy of ``model`` with every decomposed layer of ``plan`` replaced by a module of its
+    shapes and arbitrary weights (:func:`lrdnb.rankopt.measure.shape_module`; ``frozen`` factor
+    roles without gradients): what the plan costs to run, without decomposing anything."""
+    out = copy.deepcopy(model)
+    for s in plan.decomposed:
+        old = out.get_submodule(s.name)
+        new = shape_module(s, s.method, s.ranks, (frozen or {}).get(s.method, ()))
+        out.set_submodule(s.name, new.to(device=old.weight.device, dtype=old.weight.dtype))
+    return out
+
+
+def check_plans(model: nn.Module, example: Any, plans: Mapping[str, Plan], reference: str, t: ResolvedTiming,
+                rounds: int) -> tuple[str, dict[str, Any]]:
+    """Time the whole model decomposed by each plan in paired round-robin rounds (the protocol of
+    Table 1) and return the fastest plan's name with the comparison.
+
+    Plans with identical ranks are timed once. Rounds stop early, after 3, once every candidate
+    was on the same side of ``reference`` in every round. The example must be one tensor.
+
+    Returns:
+        ``(name, record)``: ``record`` has ``rounds``, per plan ``{median, min, max, won}`` of
+        ``t(plan) / t(reference)``, ``same_as`` for plans that were duplicates, and the winner.
+    """
+    distinct: dict[str, str] = {}
+    sig: dict[tuple, str] = {}
+    for name, p in plans.items():
+        key = tuple((s.name, s.method, tuple(s.ranks)) for s in p.decomposed)
+        distinct[name] = sig.setdefault(key, name)
+    names = list(dict.fromkeys(distinct.values()))
+    record: dict[str, Any] = {"reference": reference, "same_as": {n: d for n, d in distinct.items() if n != d}}
+    if len(names) == 1:
+        return names[0], record | {"rounds": 0, "chosen": distinct[names[0]]}
+    timer = t.timer or benchmark_timer
+    runners = {n: make_runner(shape_model(model, plans[n], t.frozen), tuple(example.shape), t.pass_, t.device,
+                              t.dtype, t.channels_last, input_requires_grad=False, inputs=example.detach().clone())
+               for n in names}
+    for fn in runners.values():  # first calls build kernels
+        fn()
+    ref = distinct[reference]
+    number = calls_for(max(timer(fn, 1, t.threads) for fn in runners.values()), t.min_run_time)
+    pairs = [(n, ref) for n in names if n != ref]
+
+    def done(q: dict) -> bool:
+        return all(len(v) >= 3 and (max(v) < 1 or min(v) > 1) for v in q.values())
+
+    q = paired_rounds(runners, pairs, rounds, timer, number, t.threads, stop=done)
+    ratios = {a: v for (a, _), v in q.items()} | {ref: [1.0] * len(q[pairs[0]])}
+    best, stats = fastest(ratios, names)
+    return best, record | {"rounds": len(q[pairs[0]]), "plans": stats, "chosen": best}
