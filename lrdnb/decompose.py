@@ -72,17 +72,17 @@ def _targets(model: nn.Module, plan: Plan, strict: bool) -> list[LayerSpec]:
     """Check every plan entry against ``model`` before anything changes; return the entries to
     decompose. Entries that are not submodules are an error; layers of the model that the plan
     does not list are a warning (an error with ``strict``)."""
-    plan.check()
     layers = candidate_layers(model)
     modules = dict(model.named_modules())
     missing = [s.name for s in plan if s.name not in modules]
     if missing:
         made = plan.meta.get("model")
+        made = f" (the plan was made for a {made})" if made else ""
         raise ValueError(f"plan entries {missing[:10]}{' ...' if len(missing) > 10 else ''} ({len(missing)}) are not "
-                         f"submodules of this {type(model).__name__}"
-                         f"{f' (the plan was made for a {made})' if made else ''}; was the plan made for another model?")
-    for spec in plan:
+                         f"submodules of this {type(model).__name__}{made}; was the plan made for another model?")
+    for spec in plan:  # the model's facts first: their message is the most specific
         _check_layer(spec, modules[spec.name])
+    plan.check()
     unplanned = [n for n in layers if n not in {s.name for s in plan}]
     if unplanned:
         msg = (f"the plan lists no entry for {len(unplanned)} layers of this {type(model).__name__}: "

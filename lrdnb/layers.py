@@ -14,6 +14,7 @@ decomposing anything.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
@@ -176,6 +177,16 @@ def factor_roles(module: nn.Module) -> dict[str, nn.Module]:
     return {role: getattr(module, role) for role in module.roles}
 
 
+def _check_ranks(name: str, method: str, ranks: Sequence) -> None:
+    """Ranks torch would otherwise take silently or fail on deep inside: integers >= 1 (a rank-0
+    layer outputs only its bias), one for SVD, two for Tucker2."""
+    want = 2 if method == "tucker2" else 1
+    ok = all(isinstance(r, numbers.Integral) and not isinstance(r, bool) for r in ranks)
+    if not ok or len(ranks) != want or any(r < 1 for r in ranks):
+        raise ValueError(f"layer {name!r}: {method} needs {want} integer rank{'s' if want > 1 else ''} >= 1, "
+                         f"got {ranks!r}")
+
+
 def build_factorized(
     spec: "dict | object",
     ranks: Sequence[int] | None = None,
@@ -199,6 +210,8 @@ def build_factorized(
     s = spec if isinstance(spec, dict) else spec.to_dict()  # type: ignore[attr-defined]
     method = method or s["method"]
     ranks = list(ranks if ranks is not None else s["ranks"])
+    if method in FACTOR_ROLES:
+        _check_ranks(s.get("name", "?"), method, ranks)
     kw = {"device": device, "dtype": dtype}
     shape = s["weight_shape"]
     if s["kind"] == "linear":
@@ -224,7 +237,5 @@ def build_factorized(
     if method == "svd":
         return FactorizedConv2d(in_c, out_c, (kh, kw_), ranks[0], **conv_kw)
     if method == "tucker2":
-        if len(ranks) != 2:
-            raise ValueError(f"tucker2 needs two ranks (r1, r2), got {ranks}")
         return Tucker2Conv2d(in_c, out_c, (kh, kw_), ranks, **conv_kw)
     raise ValueError(f"unknown method {method!r}; valid: 'svd', 'tucker2', 'keep'")

@@ -555,7 +555,8 @@ def plan(
     final_fc = final_fc or (linears[-1] if linears else None)
     select = _Selection(_functional_children(model), mode_filter(mode, model) if mode else None, mode,
                         include, exclude, filter_fn)
-    layers = []
+    layers: list[LayerSpec] = []
+    clamped: list[str] = []  # at rank 1 but still short of the ratio asked for
     for name, mod in modules.items():
         spec = layer_spec(name, mod)
         if name in shapes:
@@ -569,8 +570,9 @@ def plan(
         alpha = final_fc_ratio if (final_fc_ratio is not None and name == final_fc) else ratio
         layers.append(_choose(spec, mod, selector, ranks, alpha, beta, quantize, quantize_mode,
                               vbmf_weakening, energy))
-    if selector == "ratio":
-        _warn_rank_one(layers, ranks or {}, ratio)
+        if selector == "ratio" and name not in (ranks or {}) and _short_of_ratio(spec, alpha):
+            clamped.append(name)
+    _warn_clamped(clamped, layers, ratio)
     first = args[0] if len(args) == 1 and not kwargs else None
     meta = {
         "model": type(model).__name__,
@@ -618,14 +620,20 @@ class _Selection:
         return ""
 
 
-def _warn_rank_one(layers: Sequence[LayerSpec], fixed: Mapping[str, Any], ratio: float) -> None:
-    """One warning when the ratio rule left layers at rank 1 (they keep almost nothing)."""
-    ones = [s.name for s in layers if s.method != "keep" and s.name not in fixed and set(s.ranks) == {1}]
-    if ones:
-        more = f" and {len(ones) - 5} more" if len(ones) > 5 else ""
-        warnings.warn(f"ratio {ratio:g} leaves {len(ones)} of {sum(s.method != 'keep' for s in layers)} "
-                      f"decomposed layers at rank 1 ({ones[:5]}{more}): they keep almost none of their "
-                      "weights; use a smaller ratio", UserWarning, stacklevel=3)
+def _short_of_ratio(spec: LayerSpec, alpha: float) -> bool:
+    """At rank 1 and still short of compression ``alpha`` (the rank rule wanted below 1)."""
+    bias = spec.out_channels if spec.bias else 0  # the ratio rules count weights only
+    return set(spec.ranks) == {1} and (spec.params_after - bias) * alpha > spec.params_before - bias
+
+
+def _warn_clamped(names: Sequence[str], layers: Sequence[LayerSpec], ratio: float) -> None:
+    """One warning for the layers the ratio rule put at rank 1 and that would need less than
+    rank 1 to reach the ratio (an extreme ratio: they keep almost none of their weights)."""
+    if names:
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        warnings.warn(f"ratio {ratio:g} leaves {len(names)} of {sum(s.method != 'keep' for s in layers)} "
+                      f"decomposed layers at rank 1, short of the ratio ({list(names[:5])}{more}): they keep "
+                      "almost none of their weights; use a smaller ratio", UserWarning, stacklevel=3)
 
 
 def _method_for(spec: LayerSpec) -> str:
