@@ -1,28 +1,27 @@
-"""Is Rank Opt. faster than plain LRD for the plan a cold search gives? (issue 5, Table 1's row)
+"""Do cold rank searches return plans that train faster than plain LRD and than the same ranks
+rounded down to a multiple of 16 (the one-line baseline)? Measured side by side.
 
-Cold rank searches on this CPU return different plans (``benchmarks/plan_stability.py``), so
-Table 1's Rank Opt. row measures one draw. Here ``--plans K`` independent cold searches of
-ResNet-50 (each ``lrdnb.rankopt.optimize_ranks`` with its own empty timing cache, Table 1's
-settings: 64 px, batch 16, 1 thread, channels_last; ``--nchw``: NCHW) give K Rank Opt. models, which are timed
-round-robin beside the original and the plain LRD model (every round all K + 2 variants in a
-rotating order; train = forward + backward + SGD step, infer = eval forward; each measurement one
-block of ``--calls`` calls after one warm-up call per variant, as Table 1's ``cpu`` profile).
-Per plan: parameters and FLOPs relative to the original, the median paired speed-up over LRD
-(min-max), rounds faster than LRD, the one-sided sign test, and the speed-up over the original.
+``--plans K`` independent cold searches of ResNet-50 (``lrdnb.optimize_ranks``, each with its own
+empty timing cache; Table 1's settings: 64 px, batch 16, 1 thread, channels_last; ``--nchw``:
+NCHW), optionally with ``--load N`` CPU-burning processes running beside the searches (a busy
+machine; they are stopped before anything is measured). Then the original, the plain LRD model
+(eq.-5 ranks at ratio 2: the input plan), the rounded plan (x16) and the K searched plans are
+timed round-robin (every round all variants in a rotating order; train = forward + backward +
+SGD step, infer = eval forward; each measurement one block of ``--calls`` calls). Per plan:
+parameters and FLOPs relative to the original, the median paired speed-up over LRD and over the
+rounded plan (min-max), rounds won, the one-sided sign test, and the search's split into search
+and whole-model check.
 
-``--alt NAME:key=value,...`` (repeatable) adds ``--plans`` cold plans per other setting of
-``optimize_ranks`` (e.g. ``r1:repeats=1``, one coarse pass), their searches interleaved with the
-default ones and all plans timed in the same rounds: is a cheaper search's plan as fast?
+Writes ``data/rankopt_plans_TAG.csv``/``.json`` (raw rounds and the plans' ranks in the JSON) and
+``figures/rankopt_plans_TAG.png``.
 
-Writes ``data/rankopt_plans_cpu.csv``/``.json`` (raw rounds and the plans' ranks in the JSON)
-and ``figures/rankopt_plans_cpu.png``.
-
-Run:  .venv/bin/python benchmarks/rankopt_plans.py [--plans 4] [--rounds 20] [--alt r1:repeats=1] [--replot]
-Takes ~5 min on a quiet 2-core CPU (4 plans, 20 rounds).
+Run:  .venv/bin/python benchmarks/rankopt_plans.py [--plans 3] [--rounds 20] [--load 2]
+Takes ~5 min on a quiet 2-core CPU (3 plans, 20 rounds).
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import tempfile
 import time
 
@@ -30,41 +29,52 @@ import pandas as pd
 import torch
 
 import lrdnb
-from lrdnb.cache import TimingCache
 from lrdnb.experiments.throughput import count_flops, pass_summary, sign_test
 from lrdnb.models import get_model
 from lrdnb.provenance import provenance
-from lrdnb.rankopt import optimize_ranks, parse_setting
+from lrdnb.rankopt import interleaved, make_runner, rounded_plan
 from lrdnb.results import read_results, save_figure, write_results
-from lrdnb.timing import interleaved, make_runner
 
 PASSES = {"train": "step", "infer": "forward"}
 
 
-def build(model_name: str, size: int, batch: int, plans: int, threads: int, seed: int,
-          settings: dict[str, dict] | None = None, channels_last: bool = True):
-    """The models: original, LRD, and ``plans`` cold Rank Opt. plans per setting (``rank_opt``:
-    the defaults; the searches of the settings interleaved, so a slow episode hits all alike)."""
-    settings = {"rank_opt": {}, **(settings or {})}
+def _burn(stop) -> None:  # one busy core: the background load of a shared machine
+    while not stop.is_set():
+        sum(i * i for i in range(10_000))
+
+
+def build(model_name: str, size: int, batch: int, plans: int, threads: int, seed: int, load: int,
+          channels_last: bool = True):
+    """The models (original, LRD, rounded x16, ``plans`` cold searched plans), the plans, and each
+    search's seconds (search, check); ``load`` burner processes run during the searches."""
     torch.manual_seed(seed)
     base = get_model(model_name, image_size=size).eval()
     x = torch.randn(batch, 3, size, size)
+    if channels_last:
+        base, x = base.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     lrd_plan = lrdnb.plan(base, x, ratio=2)
-    found, search_s = {}, {}
-    names = list(settings)
-    for k in range(plans):
-        for name in names[k % len(names):] + names[:k % len(names)]:
+    found, cost = {}, {}
+    stop = mp.Event()
+    burners = [mp.Process(target=_burn, args=(stop,), daemon=True) for _ in range(load)]
+    for b in burners:
+        b.start()
+    try:
+        for k in range(plans):
             with tempfile.TemporaryDirectory() as d:
                 t0 = time.perf_counter()
-                found[f"{name}_{k + 1}"] = optimize_ranks(base, x, lrd_plan, method="algorithm1", device="cpu",
-                                                          threads=threads, channels_last=channels_last,
-                                                          cache=TimingCache(d),
-                                                          progress=False, **settings[name])
-                search_s[f"{name}_{k + 1}"] = time.perf_counter() - t0
-    found = {v: found[v] for v in sorted(found, key=lambda v: (names.index(v.rsplit("_", 1)[0]), v))}
-    models = {"original": base, "lrd": lrdnb.apply(base, lrd_plan, weights="none")}
-    models.update({v: lrdnb.apply(base, p, weights="none") for v, p in found.items()})
-    return models, {"lrd": lrd_plan, **found}, search_s
+                p = lrdnb.optimize_ranks(base, x, lrd_plan, timing={"cache": d, "threads": threads}, progress=False)
+                info = p.meta["rank_optimization"]
+                found[f"rank_opt_{k + 1}"] = p
+                cost[f"rank_opt_{k + 1}"] = {"seconds": time.perf_counter() - t0, "search_s": info["seconds_search"],
+                                             "check_s": info["check"].get("seconds", 0.0),
+                                             "check_chosen": info["check"].get("chosen", "-")}
+    finally:
+        stop.set()
+        for b in burners:
+            b.join()
+    plans_ = {"lrd": lrd_plan, "rounded_x16": rounded_plan(lrd_plan, 16), **found}
+    models = {"original": base, **{v: lrdnb.apply(base, p, weights="none") for v, p in plans_.items()}}
+    return models, plans_, cost
 
 
 def measure(models: dict, size: int, batch: int, rounds: int, calls: int, threads: int,
@@ -84,6 +94,7 @@ def measure(models: dict, size: int, batch: int, rounds: int, calls: int, thread
         raw_all += [{"pass": p, **r} for r in raw.to_dict("records")]
         s = pass_summary(raw, batch, "original", p)
         s[f"{p}_vs_lrd_p"] = [sign_test(int(w), int(n)) for w, n in zip(s[f"{p}_vs_lrd_wins"], s[f"{p}_rounds"])]
+        s = s.merge(_vs(raw, "rounded_x16", p), on="variant")
         out = s if out is None else out.merge(s, on="variant")
     df = base.merge(out, on="variant")
     for c in ("params", "train_flops", "infer_flops"):
@@ -91,14 +102,18 @@ def measure(models: dict, size: int, batch: int, rounds: int, calls: int, thread
     return df, raw_all
 
 
-def setting_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per search setting, the median over its plans of: speed-up over LRD (train / infer, %),
-    rounds faster than LRD, parameters, and the search's seconds."""
-    d = df[~df["setting"].isin(["original", "lrd"])]
-    return d.groupby("setting", sort=False).agg(
-        plans=("variant", "size"), train_vs_lrd_pct=("train_vs_lrd_pct", "median"),
-        train_vs_lrd_wins=("train_vs_lrd_wins", "median"), infer_vs_lrd_pct=("infer_vs_lrd_pct", "median"),
-        params_ratio=("params_ratio", "median"), search_s=("search_s", "median"))
+def _vs(raw: pd.DataFrame, ref: str, p: str) -> pd.DataFrame:
+    """Per variant, the paired comparison with ``ref`` over the rounds: % faster (median of
+    ``t(ref) / t - 1``), min-max, rounds faster, one-sided sign test."""
+    wide = raw.pivot_table(index="round", columns="variant", values="median_s")
+    rows = []
+    for v in wide.columns:
+        s = wide[ref] / wide[v]
+        wins = int((s > 1).sum())
+        rows.append({"variant": v, f"{p}_vs_{ref}_pct": 100 * (s.median() - 1), f"{p}_vs_{ref}_min": 100 * (s.min() - 1),
+                     f"{p}_vs_{ref}_max": 100 * (s.max() - 1), f"{p}_vs_{ref}_wins": wins,
+                     f"{p}_vs_{ref}_p": sign_test(wins, len(s))})
+    return pd.DataFrame(rows)
 
 
 def plot(df: pd.DataFrame):
@@ -111,12 +126,11 @@ def plot(df: pd.DataFrame):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4 + 0.12 * n), sharey=True)
     for ax, p in zip(axes, PASSES):
         d = df[df["variant"] != "original"]
-        settings = list(dict.fromkeys(d["setting"] if "setting" in d else d["variant"]))
         for _, r in d.iterrows():
-            colour = f"C{settings.index(r.get('setting', r['variant'])) % 10}" if len(settings) > 2 else None
+            colour = {"lrd": "C0", "rounded_x16": "C1"}.get(r["variant"], "C2")
             ax.errorbar(r["train_flops_ratio" if p == "train" else "infer_flops_ratio"], r[f"{p}_vs_lrd_pct"],
                         yerr=[[r[f"{p}_vs_lrd_pct"] - r[f"{p}_vs_lrd_min"]], [r[f"{p}_vs_lrd_max"] - r[f"{p}_vs_lrd_pct"]]],
-                        fmt="s" if r["variant"] == "lrd" else "o", capsize=3, color=colour,
+                        fmt="o" if r["variant"].startswith("rank_opt") else "s", capsize=3, color=colour,
                         label=f"{r['variant']} ({int(r[f'{p}_vs_lrd_wins'])}/{int(r[f'{p}_rounds'])})")
         ax.axhline(0, color="grey", lw=1)
         ax.set_xlabel(f"{p} FLOPs / original")
@@ -125,7 +139,7 @@ def plot(df: pd.DataFrame):
         ax.legend(fontsize=7, title="faster than LRD in", title_fontsize=7, loc="upper center",
                   bbox_to_anchor=(0.5, -0.16), ncol=2 if n > 6 else 1)
     axes[0].set_ylabel("% faster than LRD")
-    fig.suptitle("ResNet-50 Rank Opt. plans from independent cold searches (this CPU)", fontsize=10)
+    fig.suptitle("ResNet-50 plans of independent cold rank searches vs LRD and x16-rounded ranks", fontsize=10)
     return fig
 
 
@@ -134,28 +148,20 @@ def main() -> None:
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--plans", type=int, default=4, help="independent cold rank searches")
+    ap.add_argument("--plans", type=int, default=3, help="independent cold rank searches")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--calls", type=int, default=2, help="calls per measurement (Table 1's cpu profile: 2)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--load", type=int, default=0, help="CPU-burning processes beside the searches")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="data")
     ap.add_argument("--figures", default="figures")
-    ap.add_argument("--tag", default=None, help="file name tag (default: cpu, or cpu_nchw with --nchw)")
-    ap.add_argument("--alt", action="append", default=[], metavar="NAME:key=value,...",
-                    help="also --plans cold plans with these optimize_ranks options (repeatable), e.g. "
-                         "r1:repeats=1 - searched interleaved with the default ones, timed in the same rounds")
-    ap.add_argument("--nchw", action="store_true",
-                    help="search and time in NCHW (a plain torchvision model's layout) instead of channels_last")
+    ap.add_argument("--tag", default=None, help="file name tag (default: cpu[_nchw][_loadN])")
+    ap.add_argument("--nchw", action="store_true", help="search and time in NCHW instead of channels_last")
     ap.add_argument("--replot", action="store_true", help="only redraw the figure from the written results")
     a = ap.parse_args()
-    try:
-        alts = dict(parse_setting(t) for t in a.alt)
-    except ValueError as e:
-        ap.error(str(e))
-    if "rank_opt" in alts:
-        ap.error("--alt: 'rank_opt' names the default setting; choose another NAME")
-    name = f"rankopt_plans_{a.tag or ('cpu_nchw' if a.nchw else 'cpu')}"
+    tag = a.tag or "cpu" + ("_nchw" if a.nchw else "") + (f"_load{a.load}" if a.load else "")
+    name = f"rankopt_plans_{tag}"
     if a.replot:
         df, meta = read_results(name, a.out)
         save_figure(plot(df), name, meta, folder=a.figures)
@@ -164,24 +170,19 @@ def main() -> None:
         ap.error("--plans, --rounds and --calls must be >= 1")
     torch.set_num_threads(a.threads)
     cl = not a.nchw
-    models, plans, search_s = build(a.model, a.size, a.batch, a.plans, a.threads, a.seed, alts, channels_last=cl)
-    for m in models.values():
-        m.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    models, plans, cost = build(a.model, a.size, a.batch, a.plans, a.threads, a.seed, a.load, channels_last=cl)
     df, raw = measure(models, a.size, a.batch, a.rounds, a.calls, a.threads, channels_last=cl)
-    df.insert(1, "setting", [v if v in ("original", "lrd") else v.rsplit("_", 1)[0] for v in df["variant"]])
-    df["search_s"] = df["variant"].map(search_s)
+    for c in ("search_s", "check_s", "check_chosen"):
+        df[c] = df["variant"].map({k: v[c] for k, v in cost.items()})
     meta = provenance("cpu", model=a.model, size=a.size, batch=a.batch, plans=a.plans, rounds=a.rounds,
-                      calls=a.calls, threads=a.threads, channels_last=cl, weights="random", seed=a.seed)
-    meta.update(search_s=search_s, rounds_raw=raw, settings={"rank_opt": {}, **alts},
-                plans={k: {s.name: [s.method, s.ranks] for s in p} for k, p in plans.items()})
+                      calls=a.calls, threads=a.threads, channels_last=cl, load=a.load, weights="random", seed=a.seed)
+    meta.update(search=cost, rounds_raw=raw, plans={k: {s.name: [s.method, s.ranks] for s in p} for k, p in plans.items()})
     write_results(df, name, meta, folder=a.out)
     save_figure(plot(df), name, meta, folder=a.figures)
     cols = ["variant", "params_ratio", "train_flops_ratio", "train_delta_pct", "train_vs_lrd_pct", "train_vs_lrd_wins",
-            "train_vs_lrd_p", "infer_vs_lrd_pct", "infer_vs_lrd_wins", "infer_vs_lrd_p"]
-    print(df[cols].round(3).to_string(index=False))
-    if alts:
-        print("per setting (median over its plans):")
-        print(setting_summary(df).round(3).to_string())
+            "train_vs_rounded_x16_pct", "train_vs_rounded_x16_wins", "train_vs_rounded_x16_p", "infer_vs_lrd_pct",
+            "infer_vs_rounded_x16_pct", "infer_vs_rounded_x16_wins", "search_s", "check_s", "check_chosen"]
+    print(df[[c for c in cols if c in df]].round(3).to_string(index=False))
     print(f"wrote {a.out}/{name}.csv/.json and {a.figures}/{name}.png")
 
 

@@ -26,7 +26,7 @@ from lrdnb.experiments.variants import build_variants
 from lrdnb.models import get_model
 from lrdnb.provenance import provenance
 from lrdnb.results import write_results
-from lrdnb.timing import make_runner
+from lrdnb.rankopt import make_runner
 
 
 def main() -> None:
