@@ -1,14 +1,20 @@
-"""Where a number came from: device, software, threads, date. Attached to every result."""
+"""Where a number came from: device, software, threads, date, code version and machine load.
+
+Attached to every result. :func:`provenance` is taken when a run starts; :func:`finish` adds the
+end time and the load average at the end, so a reader can tell a quiet run from a busy one.
+"""
 from __future__ import annotations
 
 import datetime as _dt
 import os
 import platform
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["resolve_device", "device_name", "provenance", "synchronize"]
+__all__ = ["resolve_device", "device_name", "provenance", "finish", "git_commit", "load_average", "synchronize"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -54,11 +60,52 @@ def device_name(device: str | torch.device = "auto") -> str:
     return f"cpu:{cpu}"
 
 
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def git_commit(path: str | Path | None = None) -> dict[str, Any]:
+    """``{"commit": short hash, "dirty": bool}`` of the git checkout holding ``path`` (default: this
+    package); ``{"commit": None, "dirty": None}`` outside a git checkout or without git."""
+    cwd = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True,
+                                  timeout=10).stdout.strip()
+
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": dirty}
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (``os.getloadavg``); ``None`` where unavailable."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def finish(meta: dict[str, Any]) -> dict[str, Any]:
+    """Record the end of a run in ``meta`` (in place, and returned): ``end_date`` and ``load_end``.
+
+    Called by :func:`lrdnb.results.write_results`, so every results file says how busy the
+    machine was at the start (``load_start``) and at the end of the run.
+    """
+    meta["end_date"] = _now()
+    meta["load_end"] = load_average()
+    return meta
+
+
 def provenance(device: str | torch.device = "auto", **params: Any) -> dict[str, Any]:
-    """Device, torch/torchvision versions, threads, host, UTC date, plus the run's ``params``."""
+    """Device, torch/torchvision versions, threads, host, UTC date, git commit (+ dirty flag),
+    load average at the start, plus the run's ``params``."""
     import torchvision
 
     dev = resolve_device(device)
+    git = git_commit()
     return {
         "device": str(dev),
         "device_name": device_name(dev),
@@ -68,6 +115,9 @@ def provenance(device: str | torch.device = "auto", **params: Any) -> dict[str, 
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _now(),
+        "commit": git["commit"],
+        "dirty": git["dirty"],
+        "load_start": load_average(),
         "params": params,
     }

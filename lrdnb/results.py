@@ -37,8 +37,13 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def write_results(df: pd.DataFrame, name: str, meta: dict[str, Any], folder: str | Path = "data") -> tuple[Path, Path]:
     """Write ``folder/name.csv`` (the table) and ``folder/name.json`` (``meta`` + the table as records).
 
-    ``meta`` should come from :func:`lrdnb.provenance.provenance`.
+    ``meta`` should come from :func:`lrdnb.provenance.provenance`; the end of the run (date and
+    load average, :func:`lrdnb.provenance.finish`) is added to it here unless already recorded.
     """
+    from .provenance import finish
+
+    if "end_date" not in meta:
+        finish(meta)
     folder = Path(folder)
     csv = atomic_write_text(folder / f"{name}.csv", df.to_csv(index=False))
     doc = {"meta": meta, "columns": list(map(str, df.columns)), "rows": json.loads(df.to_json(orient="records"))}

@@ -29,11 +29,10 @@ def test_experiment_function_small():
 def test_notebook_smoke(tmp_path):
     import papermill
 
-    params = profile_params(NB, "smoke") | {
-        "data_dir": str(tmp_path / "data"), "figures_dir": str(tmp_path / "figures"), "device": "cpu",
-    }
-    papermill.execute_notebook(str(NB), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="python3",
-                               cwd=str(NB.parent), progress_bar=False)
+    params = profile_params(NB, "smoke")  # applied inside the notebook: only the profile is passed
+    papermill.execute_notebook(str(NB), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False,
+                               parameters={"profile": "smoke", "device": "cpu", "data_dir": str(tmp_path / "data"),
+                                           "figures_dir": str(tmp_path / "figures")})
     df, meta = read_results("fig2_step_time_vs_rank_smoke", tmp_path / "data")
     lo, hi = meta["results"]["range"]
     assert hi > lo >= 1

@@ -23,10 +23,9 @@ def _run(nb: Path, tmp_path: Path) -> tuple[Path, Path]:
     import papermill
 
     data, figs = tmp_path / "data", tmp_path / "figures"
-    params = profile_params(nb, "smoke") | {"data_dir": str(data), "figures_dir": str(figs), "tag": "smoke",
-                                            "device": "cpu"}
+    params = {"profile": "smoke", "data_dir": str(data), "figures_dir": str(figs), "device": "cpu"}
     papermill.execute_notebook(str(nb), str(tmp_path / nb.name), parameters=params, kernel_name="python3",
-                               cwd=str(NOTEBOOKS), progress_bar=False)
+                               progress_bar=False)
     return data, figs
 
 

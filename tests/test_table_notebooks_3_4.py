@@ -22,14 +22,14 @@ def test_notebook_smoke(stem, tmp_path):
     import papermill
 
     nb = NB_DIR / f"{stem}.ipynb"
-    params = profile_params(nb, "smoke") | {
-        "data_dir": str(tmp_path / "data"), "figures_dir": str(tmp_path / "figures"), "tag": "smoke", "device": "cpu",
+    params = {
+        "profile": "smoke", "data_dir": str(tmp_path / "data"), "figures_dir": str(tmp_path / "figures"), "device": "cpu",
         # one intra-op thread: on an oversubscribed CPU (shared CI runners) 2+ OpenMP threads per process
         # thrash (measured here: 8x slower); the checked results do not depend on it
         "threads": 1,
     }
     papermill.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="python3",
-                               cwd=str(nb.parent), progress_bar=False)
+                               progress_bar=False)
     df, meta = read_results(f"{stem}_smoke", tmp_path / "data")
     assert list(df["method"]) == list(METHODS) and (df["model"] == NOTEBOOKS[stem]).all()
     for col in ("acc", "acc_before", "best_acc"):
@@ -42,7 +42,7 @@ def test_notebook_smoke(stem, tmp_path):
     assert (t.loc[["lrd", "freezing"], "params_ratio"] < 1).all() and (t["params_ratio"] <= 1).all()
     hist, _ = read_results(f"{stem}_history_smoke", tmp_path / "data")
     assert set(hist["method"]) == set(METHODS) and set(hist["epochs_done"]) == {0, 1}
-    assert meta["profile"] == "smoke" and meta["params"]["epochs"] == 1
+    assert meta["profile"] == "smoke" and meta["params"]["epochs"] == profile_params(nb, "smoke")["epochs"] == 1
     assert meta["results"]["rank_optimization"]["pass"] == "train"
     assert len(meta["targets"]) == 8 and "not interleaved" in meta["note"]
     assert (tmp_path / "figures" / f"{stem}_smoke.png").stat().st_size > 10_000
