@@ -650,9 +650,10 @@ def test_optimize_ranks_algorithm1_tiny(tiny, tmp_path):
             assert n.method == s.method and min(rank_range(s)) <= n.ranks[0] <= max(rank_range(s))
     assert new["c2"].ranks == new["c3"].ranks
     assert lrdnb.apply(m, new)(x).shape == (2, 10)
-    again = optimize_ranks(m, x, p, timing=dict(FAST, cache=str(tmp_path)), search={"check_rounds": 0},
-                           progress=False)
-    assert again.meta["rank_optimization"]["timings"] == 0
+    again = optimize_ranks(m, x, p, timing=dict(FAST, cache=str(tmp_path)), progress=False)
+    info2 = again.meta["rank_optimization"]
+    assert info2["timings"] == 0 and info2["check"].get("cached", True)  # search and check replayed
+    assert [s.ranks for s in again] == [s.ranks for s in new] and info2["check"]["chosen"] == info["check"]["chosen"]
 
 
 def test_optimize_ranks_joint_real_model(tiny):

@@ -9,13 +9,18 @@ original, or a plan returned only after the two sides were timed round-robin in 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
+from ..cache import as_cache, timing_key
 from ..plan import Plan
+from ..provenance import device_name
 from .config import ResolvedTiming
 from .measure import LayerBench, benchmark_timer, calls_for, make_runner, paired_rounds, shape_module
 from .select import confirmed, fastest, paired_table, settled
@@ -78,7 +83,9 @@ def check_plans(model: nn.Module, example: Any, plans: Mapping[str, Plan], refer
     Table 1) and return the fastest plan's name with the comparison.
 
     Plans with identical ranks are timed once. Rounds stop early, after 3, once every candidate
-    was on the same side of ``reference`` in every round. The example must be one tensor.
+    was on the same side of ``reference`` in every round. The example must be one tensor. The
+    per-round ratios are cached (:mod:`lrdnb.cache`, under the plans' ranks and the example's
+    shape), so a warm run replays the decision.
 
     Returns:
         ``(name, record)``: ``record`` has ``rounds``, per plan ``{median, min, max, won}`` of
@@ -90,23 +97,61 @@ def check_plans(model: nn.Module, example: Any, plans: Mapping[str, Plan], refer
         key = tuple((s.name, s.method, tuple(s.ranks)) for s in p.decomposed)
         distinct[name] = sig.setdefault(key, name)
     names = list(dict.fromkeys(distinct.values()))
+    ref = distinct[reference]
     record: dict[str, Any] = {"reference": reference, "same_as": {n: d for n, d in distinct.items() if n != d}}
     if len(names) == 1:
         return names[0], record | {"rounds": 0, "chosen": distinct[names[0]]}
+    others = [n for n in names if n != ref]
+    store = _CheckStore(t, example, [ref, *others], [plans[n] for n in [ref, *others]])
+    ratios = store.read()
+    record["cached"] = ratios is not None
+    if ratios is None:
+        ratios = _time_plans(model, example, {n: plans[n] for n in names}, ref, t, rounds)
+        store.write(ratios)
+    best, stats = fastest(ratios, names)
+    return best, record | {"rounds": len(ratios[ref]), "plans": stats, "chosen": best}
+
+
+def _time_plans(model: nn.Module, example: torch.Tensor, plans: Mapping[str, Plan], ref: str, t: ResolvedTiming,
+                rounds: int) -> dict[str, list[float]]:
+    """Per plan, per-round ratios ``t(plan) / t(ref)`` of whole-model runs (``ref``'s are 1)."""
     timer = t.timer or benchmark_timer
-    runners = {n: make_runner(shape_model(model, plans[n], t.frozen), tuple(example.shape), t.pass_, t.device,
-                              t.dtype, t.channels_last, input_requires_grad=False, inputs=example.detach().clone())
-               for n in names}
+    runners = {n: make_runner(shape_model(model, p, t.frozen), tuple(example.shape), t.pass_, t.device, t.dtype,
+                              t.channels_last, input_requires_grad=False, inputs=example.detach().clone())
+               for n, p in plans.items()}
     for fn in runners.values():  # first calls build kernels
         fn()
-    ref = distinct[reference]
     number = calls_for(max(timer(fn, 1, t.threads) for fn in runners.values()), t.min_run_time)
-    pairs = [(n, ref) for n in names if n != ref]
+    pairs = [(n, ref) for n in plans if n != ref]
 
     def done(q: dict) -> bool:
         return all(len(v) >= 3 and (max(v) < 1 or min(v) > 1) for v in q.values())
 
     q = paired_rounds(runners, pairs, rounds, timer, number, t.threads, stop=done)
-    ratios = {a: v for (a, _), v in q.items()} | {ref: [1.0] * len(q[pairs[0]])}
-    best, stats = fastest(ratios, names)
-    return best, record | {"rounds": len(q[pairs[0]]), "plans": stats, "chosen": best}
+    return {a: v for (a, _), v in q.items()} | {ref: [1.0] * len(q[pairs[0]])}
+
+
+class _CheckStore:
+    """A whole-model check's per-round ratios in the timing cache: one key per (plans' ranks,
+    example shape), a row per plan in the order given (the first is the reference)."""
+
+    def __init__(self, t: ResolvedTiming, example: torch.Tensor, names: list[str], plans: list[Plan]) -> None:
+        ident = json.dumps([[(s.name, s.method, s.ranks) for s in p.decomposed] for p in plans]
+                           + [list(example.shape)])
+        self.names, self.store = names, as_cache(t.cache)
+        self.key = timing_key(device_name(t.device), t.dtype, t.pass_,
+                              "model-check|" + hashlib.sha1(ident.encode()).hexdigest()[:16], t.channels_last,
+                              t.threads, ",".join(f"{m}:{'+'.join(r)}" for m, r in sorted(t.frozen.items()) if r))
+
+    def read(self) -> dict[str, list[float]] | None:
+        rows = {int(r["rank"]): r for r in self.store.lookup(self.key)} if self.store is not None else {}
+        if sorted(rows) != list(range(len(self.names))):
+            return None
+        return {n: [float(x) for x in str(rows[i]["ratios"]).split(";") if x] for i, n in enumerate(self.names)}
+
+    def write(self, ratios: dict[str, list[float]]) -> None:
+        if self.store is not None:
+            self.store.add([{"method": "check", "rank": i, "r2": 0, "pass": self.key["pass"],
+                             "median_s": float(np.median(ratios[n])), "n": len(ratios[n]),
+                             "ratios": ";".join(f"{x:.6g}" for x in ratios[n])} for i, n in enumerate(self.names)],
+                           {self.key["pass"]: self.key})
