@@ -11,6 +11,9 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
+
+from .paper import FIG3, METHOD_LABELS
 
 __all__ = ["plot_throughput", "plot_decomposition_time"]
 
@@ -41,8 +44,8 @@ def plot_throughput(
             med = d[f"{p}_delta_pct"].to_numpy()
             err = np.vstack([med - d[f"{p}_delta_min"].to_numpy(), d[f"{p}_delta_max"].to_numpy() - med])
             w = 0.4 if paper is not None else 0.7
-            ax.bar(x - (w / 2 if paper is not None else 0), med, w, yerr=err, capsize=3, label="ours",
-                   color="tab:blue")
+            ax.bar(x - (w / 2 if paper is not None else 0), med, w, yerr=err, capsize=3,
+                   label="ours: median (whiskers: min-max over rounds)", color="tab:blue")
             if paper is not None:
                 pp = paper[paper["model"] == m].set_index("method")
                 vals = [pp[f"{p}_delta_pct"].get(k, np.nan) for k in d["method"]]
@@ -55,33 +58,38 @@ def plot_throughput(
             ax.set_title(f"{m}: {'training' if p == 'train' else 'inference'}")
             if j == 0:
                 ax.set_ylabel("speed-up over original (%)")
-    axes[0, -1].legend(fontsize=8, loc="upper left")
-    if title:
-        fig.suptitle(title)
+    axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.suptitle((title + "\n" if title else "") + "bars: median of per-round paired ratios of round-robin "
+                 "timing; whiskers: min-max over the rounds", fontsize=10)
     fig.tight_layout()
     return fig
 
 
 def plot_decomposition_time(ours: pd.DataFrame, paper: pd.DataFrame | None = None, title: str | None = None):
-    """Table 2 as grouped bars: seconds to decompose per model, ours (every ``*_s`` column but the
-    ``optimize_*``/``freeze`` parts) and the paper's (hatched), log scale."""
-    cols = [c for c in ours.columns if c.endswith("_s") and not c.startswith(("optimize_", "freeze_"))]
+    """Table 2 as grouped bars: seconds to decompose per model, ours (solid) and the paper's (hatched,
+    same colour per method), log scale, legend beside the axes."""
+    names = {"lrd_hosvd_s": f"{METHOD_LABELS['lrd']} (HOSVD)", "lrd_hooi_s": f"{METHOD_LABELS['lrd']} (HOOI)",
+             "rank_opt_cold_s": f"{METHOD_LABELS['rank_opt']}, cold cache",
+             "rank_opt_warm_s": f"{METHOD_LABELS['rank_opt']}, warm cache", "freezing_s": METHOD_LABELS["freezing"]}
+    colors = {"lrd_hosvd_s": "tab:blue", "lrd_hooi_s": "tab:cyan", "rank_opt_cold_s": "tab:red",
+              "rank_opt_warm_s": "tab:pink", "freezing_s": "tab:green"}
     models = list(ours["model"])
-    series = [(c.removesuffix("_s"), ours[c].to_numpy(float), None) for c in cols]
+    series = [(names[c], ours[c].to_numpy(float), colors[c], None) for c in names if c in ours]
     if paper is not None:
         pp = paper.set_index("model").reindex(models)
-        series += [(f"paper {c.removesuffix('_s')}", pp[c].to_numpy(float), "//")
-                   for c in ("lrd_s", "rank_opt_s", "freezing_s") if c in pp]
-    fig, ax = plt.subplots(figsize=(min(11.0, 2.0 + 0.3 * len(series) * len(models)), 3.5))
+        series += [(f"paper: {METHOD_LABELS[k]}", pp[f"{k}_s"].to_numpy(float), colors[col], "//")
+                   for k, col in (("lrd", "lrd_hosvd_s"), ("rank_opt", "rank_opt_cold_s"), ("freezing", "freezing_s"))
+                   if f"{k}_s" in pp]
+    fig, ax = plt.subplots(figsize=(min(12.0, 4.0 + 0.3 * len(series) * len(models)), 3.8))
     x = np.arange(len(models))
     w = 0.8 / len(series)
-    for k, (name, vals, hatch) in enumerate(series):
-        ax.bar(x + (k - (len(series) - 1) / 2) * w, vals, w, label=name, hatch=hatch,
-               edgecolor="white" if hatch else None)
+    for k, (name, vals, color, hatch) in enumerate(series):
+        ax.bar(x + (k - (len(series) - 1) / 2) * w, vals, w, label=name, color=color, hatch=hatch,
+               edgecolor="white" if hatch else None, alpha=0.6 if hatch else 1.0)
     ax.set_yscale("log")
     ax.set_xticks(x, models)
     ax.set_ylabel("decomposition time (s)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     if title:
         ax.set_title(title)
     fig.tight_layout()
@@ -95,11 +103,13 @@ def plot_convergence(
     reference_acc: float | None = None,
     title: str | None = None,
 ):
-    """Fig. 3: test accuracy per fine-tuning epoch, one line per freezing schedule.
+    """Fig. 3: test accuracy per fine-tuning epoch, one line per freezing schedule, and (with
+    ``summary``) epochs to the target accuracy beside the paper's.
 
     Colours follow the paper (sequential black, regular red). With ``summary``
-    (:func:`lrdnb.experiments.fig3.summarize`) the target accuracy is drawn and the epoch each
-    schedule first reaches it is marked.
+    (:func:`lrdnb.experiments.fig3.summarize`) the target accuracy is drawn, the epoch each
+    schedule first reaches it is marked, and a second panel compares the epochs to the target,
+    as a fraction of the fine-tuning budget, with the paper's (95% on CIFAR-10, 30 epochs).
 
     Args:
         df: :func:`lrdnb.experiments.fig3.freezing_convergence`'s table (``schedule``,
@@ -109,7 +119,10 @@ def plot_convergence(
         reference_acc: accuracy of the undecomposed model, drawn as a horizontal line.
     """
     colors = {"sequential": "black", "regular": "tab:red", "none": "tab:blue"}
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    with_paper = summary is not None and len(summary) and "paper_epochs_to_target" in summary
+    fig, axes = plt.subplots(1, 2 if with_paper else 1, figsize=(10.5 if with_paper else 6.4, 4.0), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 2]} if with_paper else None)
+    ax = axes[0, 0]
     for name, d in df.groupby("schedule", sort=False):
         d = d.sort_values("epochs_done")
         x, y = d["epochs_done"].tolist(), (100 * d["test_acc"]).tolist()
@@ -124,13 +137,38 @@ def plot_convergence(
         for _, r in summary.iterrows():
             if np.isfinite(r["epochs_to_target"]):
                 ax.axvline(r["epochs_to_target"], color=colors.get(r["schedule"]), ls=":", lw=0.8)
-    ax.set_xlabel("fine-tuning epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("fine-tuning epoch (0 = right after decomposition)")
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=8, loc="lower right")
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
+    if with_paper:
+        _epochs_to_target_panel(axes[0, 1], summary, colors)
     fig.tight_layout()
     return fig
+
+
+def _epochs_to_target_panel(ax, summary: pd.DataFrame, colors: dict) -> None:
+    s = summary.set_index("schedule").reindex([k for k in ("sequential", "regular") if k in set(summary["schedule"])])
+    budget = s["epochs"].astype(float) if "epochs" in s else pd.Series(np.nan, index=s.index)
+    ours = s["epochs_to_target"].astype(float) / budget
+    theirs = s["paper_epochs_to_target"].astype(float) / FIG3["epochs"]
+    x = np.arange(len(s))
+    for dx, vals, n, label, hatch in ((-0.2, ours, s["epochs_to_target"], "ours", None),
+                                      (0.2, theirs, s["paper_epochs_to_target"], "paper (V100)", "//")):
+        bars = ax.bar(x + dx, vals, 0.4, color=[colors.get(k) for k in s.index], hatch=hatch,
+                      edgecolor="white" if hatch else None, alpha=0.55 if hatch else 1.0, label=label)
+        for b, e in zip(bars, n):
+            if np.isfinite(b.get_height()):
+                ax.annotate(f"{e:.0f}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
+                            fontsize=8)
+    ax.set_xticks(x, [f"{k} freezing" for k in s.index])
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("epochs to target / epochs fine-tuned")
+    ax.set_title(f"epochs to target (labels); paper: {100 * FIG3['target_acc']:.0f}% in {FIG3['epochs']} epochs",
+                 fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
 
 
 __all__ += ["plot_convergence"]
@@ -183,7 +221,8 @@ def plot_step_time_curve(
         if i + 1 < len(shown) and shown[i + 1] - h <= 2:
             continue  # neighbours (256/257) share one label
         lab = f"{shown[i - 1]}/{h}" if i and h - shown[i - 1] <= 2 else str(h)
-        top.annotate(lab, (h, 1.0), xycoords=("data", "axes fraction"), fontsize=7, ha="center", va="bottom")
+        top.annotate(f"paper: {lab}", (h, 1.0), xycoords=("data", "axes fraction"), fontsize=7, ha="center",
+                     va="bottom", rotation=0 if len(shown) < 3 else 30)
     if chosen is not None:
         for ax in (top, bot):
             ax.axvline(chosen, color="tab:red", lw=1.5)
@@ -192,7 +231,9 @@ def plot_step_time_curve(
     top.set_ylabel(f"{pass_} time per call (ms)")
     bot.set_ylabel("delta t(r) = t(r) - t(r-1) (ms)")
     bot.set_xlabel("rank")
-    top.legend(fontsize=8)
+    if any(h in shown for h in (256, 257)):
+        top.plot([], [], color="gray", lw=0.8, ls=":", label="paper (V100): 257 -> 256 is 15% faster")
+    top.legend(fontsize=8, ncol=2, loc="upper left", bbox_to_anchor=(0.0, 0.95))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -238,6 +279,7 @@ def _accuracy_row(axes: dict, ours: pd.DataFrame, history, compare, model) -> No
         ax = axes["curves"]
         for m, d in history.groupby("method", sort=False):
             ax.plot(d["epochs_done"], 100 * d["test_acc"], "o-", ms=3, label=d["label"].iloc[0])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("fine-tuning epochs (0 = right after decomposition)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(str(model or ""), fontsize=9)
@@ -268,7 +310,7 @@ def _accuracy_row(axes: dict, ours: pd.DataFrame, history, compare, model) -> No
         ax.set_xticks(x, labels, rotation=30, ha="right")
         ax.set_ylabel(ylab)
         ax.legend(fontsize=7)
-    axes["speed"].set_title("round-robin steps; fine-tuning runs indicative" if rr else
+    axes["speed"].set_title("round-robin steps (whiskers: min-max over rounds); fine-tuning runs indicative" if rr else
                             "indicative (sequential fine-tuning runs)", fontsize=8)
 
 

@@ -41,6 +41,18 @@ def archive_key(meta: dict[str, Any], commit: str | None = None) -> str:
     return f"{date}_{commit or meta.get('commit') or 'nocommit'}"
 
 
+def _last_commit(path: Path) -> str | None:
+    """The commit that last changed ``path`` in its git checkout (for files whose provenance has none)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "log", "-1", "--format=%h", "--", path.name], cwd=path.parent,
+                             capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None
+
+
 def read_index(root: str | Path) -> list[dict[str, str]]:
     """The rows of ``data/archive/INDEX.csv`` (empty if there is none yet)."""
     path = Path(root) / "data" / "archive" / "INDEX.csv"
@@ -58,7 +70,8 @@ def archive(path: str | Path, root: str | Path, note: str = "", commit: str | No
         path: a file under ``root/data`` or ``root/figures`` (its stem is the artifact name).
         root: the repository root.
         note: why it was archived (default: the provenance's ``file_note``, if any).
-        commit: the commit that measured it, where its provenance does not record one.
+        commit: the commit that measured it, where its provenance does not record one (default:
+            the commit that last changed the file, if it is in a git checkout).
         artifact: the archive folder's name (default: the file's stem).
         move: ``shutil.move``, or e.g. a ``git mv`` wrapper.
 
@@ -67,6 +80,7 @@ def archive(path: str | Path, root: str | Path, note: str = "", commit: str | No
     """
     path, root = Path(path), Path(root)
     meta = file_meta(path)
+    commit = commit or meta.get("commit") or _last_commit(path)
     key = archive_key(meta, commit)
     artifact = artifact or path.stem
     dest = root / "data" / "archive" / artifact / f"{key}{path.suffix}"
