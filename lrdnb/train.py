@@ -41,7 +41,7 @@ import random
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
@@ -200,55 +200,23 @@ def fit(
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"unknown lr_schedule {lr_schedule!r}; valid: {list(LR_SCHEDULES)}")
     schedule = make_schedule(schedule)
-    dev = resolve_device(device)
-    distributed = dist.is_available() and dist.is_initialized()
-    rank = dist.get_rank() if distributed else 0
-    if distributed and dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(dev)
+    dev, distributed, rank = _placement(device)
     model.to(dev)
     train_loader = _as_loader(train_data, batch_size, True, num_workers, seed)
     test_loader = _as_loader(test_data, batch_size, False, num_workers, seed)
-
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs) if lr_schedule == "cosine" else None
-    scaler = torch.amp.GradScaler("cuda") if amp and dev.type == "cuda" else None
+    opt = _Optim(model, lr, momentum, weight_decay, epochs if lr_schedule == "cosine" else None,
+                 amp and dev.type == "cuda")
     config = {
         "lr": lr, "lr_schedule": lr_schedule, "momentum": momentum, "weight_decay": weight_decay,
         "schedule": schedule.to_dict(), "seed": seed, "amp": amp, "batch_size": train_loader.batch_size,
         "epochs": epochs if lr_schedule == "cosine" else None,
     }
-    history: list[dict[str, Any]] = []
-    global_step = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and ckpt.exists():
-        state = load_checkpoint(ckpt, map_location=dev)
-        diff = _config_diff(state["config"], config)
-        if diff:
-            raise ValueError(f"checkpoint {ckpt} was written with other settings ({'; '.join(diff)}); "
-                             "pass the same settings to resume, or delete the file to start over")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        history, global_step = list(state["history"]), int(state["global_step"])
-
+    history, global_step = _resume(ckpt, config, model, opt, dev)
     unfreeze_all(model)  # before DDP: parameters frozen at wrap time are never synchronised
-    run_model: nn.Module = model
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        run_model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None,
-                        find_unused_parameters=schedule.freezes)
-    if compile:
-        run_model = torch.compile(run_model, backend="inductor" if compile is True else compile)
+    run_model = _wrap(model, dev, distributed, schedule.freezes, compile)
     if history:  # frozen set as the last finished epoch ended, so the next apply reports true changes
         schedule.apply(model, len(history) - 1, step=max(global_step - 1, 0))
-    params = dict(model.named_parameters())
-    loss_fn = nn.CrossEntropyLoss()
-
     from tqdm.auto import tqdm
 
     show = progress and rank == 0
@@ -260,77 +228,152 @@ def fit(
             sampler.set_epoch(epoch)
         info = schedule.apply(model, epoch, step=global_step)
         if reset_momentum_on_unfreeze:
-            _forget_state(optimizer, [params[n] for n in info["unfrozen"]])
-        epoch_lr = optimizer.param_groups[0]["lr"]
-        model.train()
-        step_times: list[float] = []
-        data_s = loss_sum = 0.0
-        images = 0
+            opt.forget(model, info["unfrozen"])
+        epoch_lr = opt.optimizer.param_groups[0]["lr"]
         t_epoch = time.perf_counter()
-        n_steps = len(train_loader) if max_steps_per_epoch is None else min(len(train_loader), max_steps_per_epoch)
-        it = iter(train_loader)
-        for _ in tqdm(range(n_steps), desc=f"epoch {epoch}", unit="step", leave=False, disable=not show):
-            t0 = time.perf_counter()
-            x, y = next(it)
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            if schedule.per_step:
-                changed = schedule.apply(model, epoch, step=global_step)
-                if reset_momentum_on_unfreeze:
-                    _forget_state(optimizer, [params[n] for n in changed["unfrozen"]])
-            synchronize(dev)
-            t1 = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)  # None, not zero: SGD then skips frozen params
-            with _autocast(dev, amp):
-                loss = loss_fn(run_model(x), y)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            synchronize(dev)
-            t2 = time.perf_counter()
-            step_times.append(t2 - t1)
-            data_s += t1 - t0
-            loss_sum += float(loss.detach()) * len(y)
-            images += len(y)
-            global_step += 1
-        del it
+        stats, global_step = _train_epoch(run_model, model, train_loader, opt, schedule, epoch, global_step, dev, amp,
+                                          max_steps_per_epoch, reset_momentum_on_unfreeze, show)
         test = _test_pass(model, test_loader, dev, amp)
-        if scheduler is not None:
-            scheduler.step()
-        total_step = sum(step_times)
-        row = {
-            "epoch": epoch,
-            "train_loss": loss_sum / max(images, 1),
-            "test_acc": test["acc"],
-            "test_loss": test["loss"],
-            "train_step_s": total_step / max(len(step_times), 1),
-            "train_step_s_median": statistics.median(step_times) if step_times else float("nan"),
-            "data_s": data_s / max(len(step_times), 1),
-            "train_img_s": images / total_step if total_step else float("nan"),
-            "infer_img_s": test["infer_img_s"],
-            "frozen": frozen_summary(info["frozen_roles"]),
-            "frozen_params": info["frozen_params"],
-            "trainable_params": info["trainable_params"],
-            "lr": epoch_lr,
-            "steps": len(step_times),
-            "images": images,
-            "epoch_s": time.perf_counter() - t_epoch,
-        }
+        if opt.scheduler is not None:
+            opt.scheduler.step()
+        row = _epoch_row(epoch, stats, test, info, epoch_lr, t_epoch)
         history.append(row)
         if ckpt is not None:
             if rank == 0:
-                _save_checkpoint(ckpt, {
-                    "format": CHECKPOINT_FORMAT, "config": config, "history": history, "global_step": global_step,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                })
+                _save_checkpoint(ckpt, {"format": CHECKPOINT_FORMAT, "config": config, "history": history,
+                                        "global_step": global_step, "model": model.state_dict(), **opt.state()})
             if distributed:
                 dist.barrier()
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['test_acc']:.4f}", img_s=f"{row['train_img_s']:.0f}")
         if on_epoch_end is not None:
             on_epoch_end(row)
     return pd.DataFrame(history)
+
+
+def _placement(device: str | torch.device) -> tuple[torch.device, bool, int]:
+    """(device, distributed?, rank): under torchrun each process takes its LOCAL_RANK's GPU."""
+    dev = resolve_device(device)
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+    if distributed and dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(dev)
+    return dev, distributed, rank
+
+
+class _Optim:
+    """SGD with momentum and weight decay, an optional cosine schedule over ``cosine_epochs``,
+    an optional CUDA GradScaler: what a checkpoint saves besides the model."""
+
+    def __init__(self, model: nn.Module, lr: float, momentum: float, weight_decay: float,
+                 cosine_epochs: int | None, scale: bool) -> None:
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cosine_epochs)
+                          if cosine_epochs else None)
+        self.scaler = torch.amp.GradScaler("cuda") if scale else None
+
+    def state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+    def forget(self, model: nn.Module, names: Sequence[str]) -> None:
+        """Drop the momentum buffers of the parameters ``names`` (just unfrozen)."""
+        params = dict(model.named_parameters())
+        _forget_state(self.optimizer, [params[n] for n in names])
+
+    def step(self, loss: torch.Tensor) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+
+
+def _resume(ckpt: Path | None, config: dict[str, Any], model: nn.Module, opt: _Optim,
+            dev: torch.device) -> tuple[list[dict[str, Any]], int]:
+    """(finished epochs' rows, global step) from ``ckpt`` when it exists (its settings must be
+    ``config``); model and optimizer state restored."""
+    if ckpt is None or not ckpt.exists():
+        return [], 0
+    state = load_checkpoint(ckpt, map_location=dev)
+    diff = _config_diff(state["config"], config)
+    if diff:
+        raise ValueError(f"checkpoint {ckpt} was written with other settings ({'; '.join(diff)}); "
+                         "pass the same settings to resume, or delete the file to start over")
+    model.load_state_dict(state["model"])
+    opt.load(state)
+    return list(state["history"]), int(state["global_step"])
+
+
+def _wrap(model: nn.Module, dev: torch.device, distributed: bool, freezes: bool, compile: bool | str) -> nn.Module:
+    """The module the training steps call: DDP under torchrun (unused parameters allowed when
+    factors freeze), compiled when asked."""
+    run_model: nn.Module = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        run_model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=freezes)
+    if compile:
+        run_model = torch.compile(run_model, backend="inductor" if compile is True else compile)
+    return run_model
+
+
+def _train_epoch(run_model: nn.Module, model: nn.Module, loader: DataLoader, opt: _Optim,
+                 schedule: FreezingSchedule, epoch: int, global_step: int, dev: torch.device, amp: bool,
+                 max_steps: int | None, reset_momentum: bool, show: bool) -> tuple[dict[str, Any], int]:
+    """One epoch of SGD steps; per-step schedules (sequential freezing's phases) are applied
+    before each step. Returns the epoch's step times, data time, loss sum and images."""
+    from tqdm.auto import tqdm
+
+    model.train()
+    loss_fn = nn.CrossEntropyLoss()
+    st: dict[str, Any] = {"step_times": [], "data_s": 0.0, "loss_sum": 0.0, "images": 0}
+    n_steps = len(loader) if max_steps is None else min(len(loader), max_steps)
+    it = iter(loader)
+    for _ in tqdm(range(n_steps), desc=f"epoch {epoch}", unit="step", leave=False, disable=not show):
+        t0 = time.perf_counter()
+        x, y = next(it)
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        if schedule.per_step:
+            changed = schedule.apply(model, epoch, step=global_step)
+            if reset_momentum:
+                opt.forget(model, changed["unfrozen"])
+        synchronize(dev)
+        t1 = time.perf_counter()
+        opt.optimizer.zero_grad(set_to_none=True)  # None, not zero: SGD then skips frozen params
+        with _autocast(dev, amp):
+            loss = loss_fn(run_model(x), y)
+        opt.step(loss)
+        synchronize(dev)
+        st["step_times"].append(time.perf_counter() - t1)
+        st["data_s"] += t1 - t0
+        st["loss_sum"] += float(loss.detach()) * len(y)
+        st["images"] += len(y)
+        global_step += 1
+    return st, global_step
+
+
+def _epoch_row(epoch: int, st: dict[str, Any], test: dict[str, float], info: dict[str, Any], lr: float,
+               t_epoch: float) -> dict[str, Any]:
+    """The history row of one finished epoch (see the module doc)."""
+    steps, images = st["step_times"], st["images"]
+    total = sum(steps)
+    return {
+        "epoch": epoch, "train_loss": st["loss_sum"] / max(images, 1), "test_acc": test["acc"],
+        "test_loss": test["loss"], "train_step_s": total / max(len(steps), 1),
+        "train_step_s_median": statistics.median(steps) if steps else float("nan"),
+        "data_s": st["data_s"] / max(len(steps), 1), "train_img_s": images / total if total else float("nan"),
+        "infer_img_s": test["infer_img_s"], "frozen": frozen_summary(info["frozen_roles"]),
+        "frozen_params": info["frozen_params"], "trainable_params": info["trainable_params"], "lr": lr,
+        "steps": len(steps), "images": images, "epoch_s": time.perf_counter() - t_epoch,
+    }
