@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 import lrdnb
-from lrdnb.experiments.throughput import count_flops, pass_summary, sign_test
+from lrdnb.experiments.throughput import count_flops, paired_vs, pass_summary
 from lrdnb.models import get_model
 from lrdnb.provenance import provenance
 from lrdnb.rankopt import interleaved, make_runner, rounded_plan
@@ -93,27 +93,12 @@ def measure(models: dict, size: int, batch: int, rounds: int, calls: int, thread
                           number=calls, warmup=1)
         raw_all += [{"pass": p, **r} for r in raw.to_dict("records")]
         s = pass_summary(raw, batch, "original", p)
-        s[f"{p}_vs_lrd_p"] = [sign_test(int(w), int(n)) for w, n in zip(s[f"{p}_vs_lrd_wins"], s[f"{p}_rounds"])]
-        s = s.merge(_vs(raw, "rounded_x16", p), on="variant")
+        s = s.merge(paired_vs(raw, "rounded_x16", p), on="variant")
         out = s if out is None else out.merge(s, on="variant")
     df = base.merge(out, on="variant")
     for c in ("params", "train_flops", "infer_flops"):
         df[f"{c}_ratio"] = df[c] / float(df.loc[df["variant"] == "original", c].iloc[0])
     return df, raw_all
-
-
-def _vs(raw: pd.DataFrame, ref: str, p: str) -> pd.DataFrame:
-    """Per variant, the paired comparison with ``ref`` over the rounds: % faster (median of
-    ``t(ref) / t - 1``), min-max, rounds faster, one-sided sign test."""
-    wide = raw.pivot_table(index="round", columns="variant", values="median_s")
-    rows = []
-    for v in wide.columns:
-        s = wide[ref] / wide[v]
-        wins = int((s > 1).sum())
-        rows.append({"variant": v, f"{p}_vs_{ref}_pct": 100 * (s.median() - 1), f"{p}_vs_{ref}_min": 100 * (s.min() - 1),
-                     f"{p}_vs_{ref}_max": 100 * (s.max() - 1), f"{p}_vs_{ref}_wins": wins,
-                     f"{p}_vs_{ref}_p": sign_test(wins, len(s))})
-    return pd.DataFrame(rows)
 
 
 def plot(df: pd.DataFrame):

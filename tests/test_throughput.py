@@ -14,7 +14,7 @@ from torch import nn
 import lrdnb.rankopt
 from lrdnb import paper
 from lrdnb.experiments import throughput as T
-from lrdnb.experiments.variants import METHODS
+from lrdnb.experiments.variants import BASELINES, METHODS
 from lrdnb.layers import FactorizedLinear
 
 
@@ -92,6 +92,12 @@ def test_check_targets_reads_the_table():
     assert c.loc[infer_sign, "value"] == pytest.approx(7 / 64) and not c.loc[infer_sign, "met"]
     assert not c.loc["rank_opt vs lrd infer: median % above the A/A control", "met"]  # 1% < 2%
     assert c.loc["freezing == lrd in inference (min..max spans 0)", "met"]
+    # the baseline claims are reported, not met, where the baselines were not timed
+    assert np.isnan(c.loc["rank_opt vs rank_quant train: +nan% (nan of 6 rounds faster), sign test p", "met"])
+    tab.loc[tab.method == "rank_opt", ["train_vs_baseline_pct", "train_vs_baseline_wins", "train_vs_baseline_p"]] = \
+        [0.5, 3, T.sign_test(3, 6)]
+    c = T.check_targets(tab).set_index("claim")
+    assert not c.loc["rank_opt vs rank_quant train: +0.5% (3 of 6 rounds faster), sign test p", "met"]
 
 
 def test_sign_test():
@@ -135,7 +141,7 @@ def table1_small():
 
 def test_throughput_table_structure(table1_small):
     df, meta = table1_small
-    assert df["method"].tolist() == list(METHODS)
+    assert df["method"].tolist() == list(METHODS + BASELINES)
     d = df.set_index("method")
     for p in ("train", "infer"):
         assert (d[f"{p}_img_s"] > 0).all()
@@ -158,9 +164,17 @@ def test_throughput_table_structure(table1_small):
     # resnet10_cpu at 224 px is ~0.9 GMACs: at 32 px (1/49 of the pixels) ~0.02 per image
     assert 0.01 < d.loc["original", "infer_gmacs"] < 0.04
     assert np.isnan(d.loc["original", "train_achieved"])
+    # the baselines: the LRD ranks rounded down to x16 (a fake rank search here), frozen like Combined
+    assert d.loc["rank_quant", "params"] == d.loc["rank_quant_freezing", "params"] < d.loc["lrd", "params"]
+    assert d.loc["rank_quant_freezing", "schedule"] == d.loc["combined", "schedule"]
+    assert d.loc["rank_quant", "label"] == "Rank quant. (x16)"
+    for p in ("train", "infer"):  # our methods against their baselines, in the same rounds
+        assert d.loc["rank_quant", f"{p}_vs_baseline_pct"] != d.loc["rank_quant", f"{p}_vs_baseline_pct"]  # NaN
+        assert 0 <= d.loc["rank_opt", f"{p}_vs_baseline_wins"] <= 2 and 0 < d.loc["combined", f"{p}_vs_baseline_p"] <= 1
     assert meta["device"] == "cpu" and meta["params"]["rounds"] == 2
-    assert len(meta["rounds"]) == 2 * len(METHODS) * 2  # rounds x methods x passes
-    assert set(meta["plans"]["resnet10_cpu"]) == {"lrd", "rank_opt", "freezing", "combined"}
+    assert len(meta["rounds"]) == 2 * len(METHODS + BASELINES) * 2  # rounds x methods x passes
+    assert set(meta["plans"]["resnet10_cpu"]) == {"lrd", "rank_opt", "freezing", "combined", "rank_quant",
+                                                  "rank_quant_freezing"}
 
 
 def test_throughput_table_fixed_calls_per_measurement():

@@ -25,12 +25,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..decompose import WEIGHT_METHODS
 from ..models import get_model
-from ..paper import METHOD_LABELS, table1 as paper_table1
+from ..paper import table1 as paper_table1
 from ..provenance import provenance, resolve_device
 from ..rankopt.measure import interleaved, make_runner, paired_ratios, set_torch_threads
 from .decomposition_time import decomposition_time_table, side_by_side_time
 from .optime import FLOP_OPS, quiet_kineto, flop_time_share, op_time_breakdown  # noqa: F401 (re-exported: tests, users)
-from .variants import METHODS, build_variants
+from .variants import BASELINE_OF, BASELINES, LABELS, METHODS, build_variants
 
 __all__ = ["PASSES", "count_flops", "throughput_table", "decomposition_time_table", "side_by_side", "check_targets",
            "sign_test", "pass_summary", "side_by_side_time", "flop_time_share", "op_time_breakdown", "amdahl", "FLOP_OPS"]
@@ -79,21 +79,39 @@ def pass_summary(raw: pd.DataFrame, batch: int, reference: str = "original", pas
         One row per variant: ``variant``, ``<pass_>_img_s``, ``<pass_>_delta_pct`` (median over
         rounds of the per-round paired speed-up ``t_reference / t``, minus 1, in %),
         ``<pass_>_delta_min`` / ``_max``, and where ``lrd`` was timed ``<pass_>_vs_lrd_pct``
-        (+ ``_min`` / ``_max``) likewise against ``lrd`` and ``<pass_>_vs_lrd_wins`` (rounds in
-        which the variant was faster than ``lrd``); ``<pass_>_rounds``.
+        (+ ``_min`` / ``_max``, ``_wins``, ``_p``) likewise against ``lrd`` (:func:`paired_vs`);
+        for ``rank_opt`` / ``combined`` where their baseline (:data:`BASELINE_OF`) was timed,
+        ``<pass_>_vs_baseline_*`` against it; ``<pass_>_rounds``.
     """
     q = paired_ratios(raw, reference).set_index("variant")
     out = pd.DataFrame({f"{pass_}_img_s": batch / q["median_s"], f"{pass_}_delta_pct": 100 * (q["speedup"] - 1),
                         f"{pass_}_delta_min": 100 * (q["speedup_min"] - 1),
                         f"{pass_}_delta_max": 100 * (q["speedup_max"] - 1)})
     if "lrd" in q.index:
-        v = paired_ratios(raw, "lrd").set_index("variant")
-        for col, src in (("pct", "speedup"), ("min", "speedup_min"), ("max", "speedup_max")):
-            out[f"{pass_}_vs_lrd_{col}"] = 100 * (v[src] - 1)
-        wide = raw.pivot_table(index="round", columns="variant", values="median_s")
-        out[f"{pass_}_vs_lrd_wins"] = (wide.lt(wide["lrd"], axis=0)).sum()
+        out = out.join(paired_vs(raw, "lrd", pass_).set_index("variant"))
+    for m, base in BASELINE_OF.items():  # our method against its one-line baseline, in the same rounds
+        if m in q.index and base in q.index:
+            v = paired_vs(raw, base, pass_, "baseline").set_index("variant")
+            for c in v.columns:
+                out.loc[m, c] = v.loc[m, c]
     out[f"{pass_}_rounds"] = q["rounds"]
     return out.rename_axis("variant").reset_index()
+
+
+def paired_vs(raw: pd.DataFrame, ref: str, pass_: str, name: str | None = None) -> pd.DataFrame:
+    """Every variant of an :func:`lrdnb.rankopt.measure.interleaved` frame against ``ref`` over the
+    paired rounds: ``<pass_>_vs_<name>_pct`` (median of ``t_ref / t - 1``, %), ``_min`` /
+    ``_max``, ``_wins`` (rounds faster than ``ref``) and ``_p`` (one-sided :func:`sign_test`);
+    ``name`` defaults to ``ref``."""
+    wide = raw.pivot_table(index="round", columns="variant", values="median_s")
+    k = f"{pass_}_vs_{name or ref}"
+    rows = []
+    for v in wide.columns:
+        s = (wide[ref] / wide[v]).dropna()
+        wins = int((s > 1).sum())
+        rows.append({"variant": v, f"{k}_pct": 100 * (s.median() - 1), f"{k}_min": 100 * (s.min() - 1),
+                     f"{k}_max": 100 * (s.max() - 1), f"{k}_wins": wins, f"{k}_p": sign_test(wins, len(s))})
+    return pd.DataFrame(rows)
 
 
 def amdahl(share: float, flop_speedup: float) -> float:
@@ -117,7 +135,7 @@ def _model_rows(
 ) -> tuple[list[dict], list[dict]]:
     shape = (batch, 3, image_size, image_size)
     ref = "original" if "original" in variants else next(iter(variants))
-    rows = {m: {"model": name, "method": m, "label": METHOD_LABELS[m]} for m in variants}
+    rows = {m: {"model": name, "method": m, "label": LABELS[m]} for m in variants}
     flop_x = torch.randn(2, 3, image_size, image_size, device=dev)  # FLOPs are linear in the batch
     for m, v in variants.items():
         info = v.schedule.apply(v.model, epoch=0)
@@ -158,7 +176,7 @@ def throughput_table(
     batch: int = 16,
     image_size: int = 64,
     device: str = "auto",
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = METHODS + BASELINES,
     rounds: int = 5,
     passes: Sequence[str] = PASSES,
     threads: int | None = None,
@@ -174,7 +192,7 @@ def throughput_table(
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Table 1: training and inference images/s of the five methods, side by side on this device.
+    """Table 1: training and inference images/s of the five methods and the two baselines, side by side.
 
     Per model: one base model (random weights: speed depends on shapes only), the variants of
     :func:`~lrdnb.experiments.variants.build_variants` (rank optimization by Algorithm 1 through
@@ -191,8 +209,8 @@ def throughput_table(
         batch, image_size: the timed input ``[batch, 3, image_size, image_size]`` (also the
             example batch of the plan, so rank optimization times layers at these shapes).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
-        methods: any of :data:`~lrdnb.experiments.variants.METHODS`; ``original`` is the
-            reference of the deltas (else the first method).
+        methods: any of :data:`~lrdnb.experiments.variants.METHODS` and ``BASELINES``;
+            ``original`` is the reference of the deltas (else the first method).
         rounds: round-robin rounds (>= 5 recommended, MEASURING.md).
         passes: any of :data:`PASSES`.
         threads: intra-op threads while timing (default: current).
@@ -267,7 +285,7 @@ def throughput_table(
     df = pd.DataFrame(rows)
     for c in df.columns:
         if c.endswith(("_rounds", "_wins")):
-            df[c] = df[c].astype(int)
+            df[c] = df[c].astype("Int64")  # NaN where a comparison does not apply (vs_baseline)
     meta = provenance(dev, models=list(models), ratio=ratio, batch=batch, image_size=image_size,
                       methods=list(methods), rounds=rounds, passes=list(passes), threads=threads,
                       quantize=quantize, optimize_kwargs={k: str(v) for k, v in opt_kwargs.items()},
@@ -326,7 +344,10 @@ def check_targets(table: pd.DataFrame, combined_min_pct: float = 46.0, achieved_
       many of the paired rounds that equal speed is rejected (one-sided :func:`sign_test`,
       p < ``alpha``), and its median gain larger than the offset an A/A comparison shows - the
       control is Freezing vs LRD in inference, two identical architectures;
-    * Freezing equals LRD in inference: its per-round min..max against LRD spans 0.
+    * Freezing equals LRD in inference: its per-round min..max against LRD spans 0;
+    * where the baselines were timed: Rank Opt. faster than Rank quant. (eq.-5 ranks rounded down
+      to x16) and Combined faster than Rank quant. + Freezing, by the same sign test - the bar a
+      device-timed rank search has to clear.
 
     The per-round min..max of the A/A control is not used as the noise bar: it is the extreme of
     ``rounds`` draws and grows with every round added; the sign test's error rate does not.
@@ -354,6 +375,12 @@ def check_targets(table: pd.DataFrame, combined_min_pct: float = 46.0, achieved_
             checks.append((f"rank_opt vs lrd {p}: sign test p ({wins:.0f} of {n:.0f} rounds faster)", pv, alpha, "<"))
             checks.append((f"rank_opt vs lrd {p}: median % above the A/A control", get("rank_opt", f"{p}_vs_lrd_pct"),
                            control, ">"))
+        for m, base in BASELINE_OF.items():  # reported: where the one-line baseline is as fast, we say so
+            for p in ("train", "infer"):
+                wins, n = get(m, f"{p}_vs_baseline_wins"), get(m, f"{p}_rounds")
+                pct = get(m, f"{p}_vs_baseline_pct")
+                checks.append((f"{m} vs {base} {p}: {pct:+.1f}% ({wins:.0f} of {n:.0f} rounds faster), sign test p",
+                               get(m, f"{p}_vs_baseline_p"), alpha, "<"))
         lo, hi = get("freezing", "infer_vs_lrd_min"), get("freezing", "infer_vs_lrd_max")
         ops = {">=": np.greater_equal, ">": np.greater, "<": np.less}
         out += [{"model": model, "claim": c, "value": v, "threshold": t,
