@@ -190,21 +190,6 @@ def test_joint_start_is_never_beaten_by_worse():
     assert res["error"] <= e_u and res["time_s"] <= t_u * (1 + 1e-9)
 
 
-# ---------------------------------------------------------------- optimize_ranks on a tiny model
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 24, 3, padding=1)
-        self.c2 = nn.Conv2d(24, 24, 3, padding=1)
-        self.c3 = nn.Conv2d(24, 24, 3, padding=1)  # same signature as c2: timed once
-        self.fc = nn.Linear(24, 10)
-
-    def forward(self, x):
-        x = self.c3(torch.relu(self.c2(torch.relu(self.c1(x)))))
-        return self.fc(x.mean((2, 3)))
-
-
-
 def test_algorithm1_verified_and_ties():
     ranks = list(range(240, 310))
     t = staircase(ranks)
