@@ -8,14 +8,20 @@ Step time depends only on shapes (DESIGN.md), so sweep results are keyed by
 plus the ``(method, rank)`` of each row. ResNets repeat a handful of signatures dozens of times;
 each is timed once, and a second run reads everything back instantly.
 
-Files: one CSV per (device, torch, dtype, threads, channels_last) under the cache folder
-(default ``data/cache/`` in the repository, git-ignored; override with the ``folder`` argument
-or the ``LRDNB_CACHE`` environment variable). Every row also carries its full key and is checked
-on read: a row from another device or torch version (a copied file) is ignored with a warning,
-never used - a CPU timing is never used for CUDA. Rows measured by an earlier timing protocol
-(:data:`PROTOCOL`: what a timed call does; files written before it was recorded are protocol 1)
-are kept in the file but not used, with a warning. An unreadable file is moved aside to
-``*.corrupt`` with a warning and re-measured. Writes are atomic (:func:`lrdnb.results.atomic_write_text`).
+Files: one CSV per (device, torch, dtype, threads, channels_last) under the cache folder: the
+``folder`` argument, else ``$LRDNB_CACHE``, else the per-user cache folder
+(``$XDG_CACHE_HOME/lrdnb`` or ``~/.cache/lrdnb``; never inside the package or a repository).
+Every row also carries its full key and is checked on read: a row from another device or torch
+version (a copied file) is ignored with a warning, never used - a CPU timing is never used for
+CUDA. Rows measured by an earlier timing protocol (:data:`PROTOCOL`: what a timed call does;
+files written before it was recorded are protocol 1) are kept in the file but not used, with a
+warning.
+
+A cache never costs a search its measurements: a partial last row (a write cut off) and rows with
+missing fields are dropped with a warning; an unreadable file is moved aside to ``*.corrupt``
+with a warning and re-measured; a read-only file is read but never replaced; where a file cannot
+be written the rows stay in memory for the session, with one warning. Writes are atomic
+(:func:`lrdnb.results.atomic_write_text`).
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import hashlib
 import io
 import os
 import re
+import stat
 import time
 import warnings
 from pathlib import Path
@@ -34,9 +41,21 @@ import torch
 
 from .results import atomic_write_text
 
-__all__ = ["DEFAULT_FOLDER", "KEY_COLUMNS", "PROTOCOL", "TimingCache", "timing_key", "as_cache"]
+__all__ = ["DEFAULT_FOLDER", "KEY_COLUMNS", "PROTOCOL", "TimingCache", "timing_key", "as_cache", "default_folder"]
 
-DEFAULT_FOLDER = Path(__file__).resolve().parent.parent / "data" / "cache"
+
+def default_folder() -> Path:
+    """``$LRDNB_CACHE``, else ``$XDG_CACHE_HOME/lrdnb``, else ``~/.cache/lrdnb``: timings belong
+    to the machine and user that measured them, not to the package or a repository."""
+    if os.environ.get("LRDNB_CACHE"):
+        return Path(os.environ["LRDNB_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "lrdnb"
+
+
+#: The default folder when this module was imported (:func:`default_folder` reads the
+#: environment again each time a cache is made).
+DEFAULT_FOLDER = default_folder()
 #: What a timed layer call does, versioned: timings of another protocol are not comparable.
 #: 1 (until 2026-12-03): the train pass back-propagated a fresh NCHW gradient (a layout copy per
 #: call in channels_last) and computed an input gradient for every layer; 2: the gradient in the
@@ -84,7 +103,8 @@ class TimingCache:
     """Timing rows on disk, one CSV per device/software/settings group.
 
     Args:
-        folder: where the CSV files live (created on first write).
+        folder: where the CSV files live (created on first write); default
+            :func:`default_folder`.
 
     Example:
         >>> import tempfile
@@ -96,8 +116,10 @@ class TimingCache:
     """
 
     def __init__(self, folder: str | Path | None = None) -> None:
-        self.folder = Path(folder or os.environ.get("LRDNB_CACHE") or DEFAULT_FOLDER)
+        self.folder = Path(folder) if folder else default_folder()
         self._mem: dict[Path, tuple[float, pd.DataFrame, dict[tuple, list[dict]]]] = {}
+        self._memory_only: dict[Path, str] = {}  # files that cannot be written (why): their rows live in _mem
+        self._warned_write = False  # the can't-write warning is given once per cache
         self._held: dict[Path, list[dict]] | None = None  # rows not yet written, per file (inside held())
         self._flush_every: float | None = None  # held(flush_every=): seconds between writes
         self._flushed = 0.0  # when held rows were last written
@@ -113,56 +135,45 @@ class TimingCache:
         return self.folder / f"timings_{slug}_{digest}.csv"
 
     def _read(self, path: Path, key: Mapping[str, Any]) -> pd.DataFrame:
-        if self._held and path in self._held:
+        if (self._held and path in self._held) or (path in self._memory_only and path in self._mem):
             return self._mem[path][1]
         if not path.exists():
-            return pd.DataFrame(columns=list(_ROW_ID))
+            return _empty()
         mtime = path.stat().st_mtime
         hit = self._mem.get(path)
         if hit and hit[0] == mtime:
             return hit[1]
         self._mem.pop(path, None)
         try:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False)
-            if "protocol" not in df.columns and len(df.columns):  # written before protocols were recorded
-                df["protocol"] = "1"
-            missing = set(_ROW_ID) - set(df.columns)
-            if missing:
-                raise ValueError(f"missing columns {sorted(missing)}")
-            for c in _INT:
-                if c in df:
-                    df[c] = pd.to_numeric(df[c], errors="raise").astype(int)
-            for c in _FLOAT:
-                if c in df:
-                    df[c] = pd.to_numeric(df[c], errors="raise").astype(float)
-            df["channels_last"] = df["channels_last"].map({"True": True, "False": False})
-            if df["channels_last"].isna().any():
-                raise ValueError("channels_last must be True/False")
+            df, notes = _parse(path.read_text(encoding="utf-8"))
         except Exception as e:  # noqa: BLE001 - any unreadable file is set aside, never used
-            bad = path.with_suffix(".corrupt")
-            warnings.warn(f"timing cache file {path} is unreadable ({e}); moved to {bad.name} and ignored; "
-                          "its layers will be re-timed", stacklevel=3)
-            os.replace(path, bad)
-            return pd.DataFrame(columns=list(_ROW_ID))
-        foreign = pd.Series(False, index=df.index)
-        for k in _FILE_KEY:
-            foreign |= df[k].astype(str) != str(key[k])
-        if foreign.any():
-            seen = df.loc[foreign, ["device_name", "torch", "dtype", "threads"]].drop_duplicates().to_dict("records")
-            warnings.warn(f"timing cache {path.name}: ignoring {int(foreign.sum())} rows measured elsewhere "
-                          f"{seen[:3]} (this is {key['device_name']!r}, torch {key['torch']}); "
-                          "timings are only valid on the device that measured them", stacklevel=3)
-            df = df[~foreign].reset_index(drop=True)
-        stale = df["protocol"].astype(str) != str(key.get("protocol", PROTOCOL))
-        if stale.any():  # kept (another checkout may still use them), never matched by a lookup
-            warnings.warn(f"timing cache {path.name}: {int(stale.sum())} rows were measured by timing protocol "
-                          f"{sorted(set(df.loc[stale, 'protocol']))} (this code: {PROTOCOL}; see "
-                          "lrdnb.cache.PROTOCOL) and are not used; their layers will be re-timed", stacklevel=3)
+            self._set_aside(path, e)
+            df, notes = _empty(), []
+        if notes:
+            warnings.warn(f"timing cache file {path}: {'; '.join(notes)}; missing timings will be re-measured",
+                          stacklevel=3)
+        df = _own_rows(df, key, path)
         index: dict[tuple, list[dict]] = {}
         for rec in df.to_dict("records"):
             index.setdefault(_ident(rec), []).append(rec)
         self._mem[path] = (mtime, df, index)
         return df
+
+    def _set_aside(self, path: Path, error: Exception) -> None:
+        """Move an unreadable file to ``*.corrupt`` (a read-only one is left as it is)."""
+        if _read_only(path):
+            where = "it is read-only, so it is left in place (never replaced)"
+            self._memory_only[path] = "the file is read-only and unreadable: it is never replaced"
+        else:
+            bad = path.with_suffix(".corrupt")
+            try:
+                os.replace(path, bad)
+                where = f"moved to {bad.name}"
+            except OSError as e:
+                where = f"it could not be moved aside ({e})"
+                self._memory_only[path] = f"the unreadable file could not be moved aside ({e})"
+        warnings.warn(f"timing cache file {path} is unreadable ({type(error).__name__}: {str(error)[:200]}); "
+                      f"{where}; it is ignored and its layers will be re-timed", stacklevel=4)
 
     def lookup(self, key: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Rows stored under ``key`` (empty if none)."""
@@ -198,13 +209,33 @@ class TimingCache:
                     self.flush()
             else:
                 both = _merge(old, recs)
-                self._write(path, both)
-                self._mem[path] = (path.stat().st_mtime, both, index)
+                self._mem[path] = (self._write(path, both), both, index)
 
-    def _write(self, path: Path, df: pd.DataFrame) -> None:
+    def _write(self, path: Path, df: pd.DataFrame) -> float:
+        """Write ``df`` to ``path`` and return the file's mtime; where it cannot be written (a
+        read-only file, a folder that cannot be created or written) return -1: the rows stay in
+        memory for this session and one warning says how to keep them."""
+        if path not in self._memory_only and _read_only(path):
+            self._memory_only[path] = "the file is read-only: it is read, never replaced"
+        if path in self._memory_only:
+            self._warn_unwritable(path, self._memory_only[path])
+            return -1.0
         buf = io.StringIO()
         df.to_csv(buf, index=False)
-        atomic_write_text(path, buf.getvalue())
+        try:
+            atomic_write_text(path, buf.getvalue())
+        except OSError as e:
+            self._memory_only[path] = f"{type(e).__name__}: {e}"
+            self._warn_unwritable(path, self._memory_only[path])
+            return -1.0
+        return path.stat().st_mtime
+
+    def _warn_unwritable(self, path: Path, why: str) -> None:
+        if not self._warned_write:  # once: a search adds rows many times
+            self._warned_write = True
+            warnings.warn(f"timing cache {path} cannot be written ({why}); its timings are kept in memory for "
+                          "this session only. To keep them, set LRDNB_CACHE to a writable folder or pass "
+                          "cache=None to time without a cache", stacklevel=4)
 
     @contextlib.contextmanager
     def held(self, flush_every: float | None = None):
@@ -243,14 +274,94 @@ class TimingCache:
         for path, recs in (held or {}).items():
             _, old, index = self._mem[path]
             both = _merge(old, recs)
-            self._write(path, both)
-            self._mem[path] = (path.stat().st_mtime, both, index)
+            self._mem[path] = (self._write(path, both), both, index)
 
     def clear(self) -> None:
-        """Delete this cache's CSV files."""
+        """Delete this cache's CSV files (read-only ones are left, with a warning)."""
+        kept = []
         for p in self.folder.glob("timings_*.csv"):
-            p.unlink()
+            if _read_only(p):
+                kept.append(p.name)
+            else:
+                p.unlink()
+        if kept:
+            warnings.warn(f"timing cache {self.folder}: read-only files left in place: {kept}", stacklevel=2)
         self._mem.clear()
+        self._memory_only.clear()
+
+
+def _empty() -> pd.DataFrame:
+    return pd.DataFrame(columns=list(_ROW_ID))
+
+
+def _read_only(path: Path) -> bool:
+    """An existing file nobody may write (by its mode bits, so also for root) or this process may not."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) or not os.access(path, os.W_OK)
+
+
+def _parse(text: str) -> tuple[pd.DataFrame, list[str]]:
+    """Rows of a cache file's text and notes on what was dropped: a partial last row (the writer
+    always ends with a newline, so text after the last one is a cut-off row), rows with missing
+    or malformed fields, duplicated rows (the last kept). Raises on a file that is not a cache
+    table at all (no such columns, not CSV)."""
+    notes = []
+    if "\x00" in text:
+        raise ValueError("binary content (NUL bytes), not CSV text")
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        notes.append("its last row was cut off mid-row (an interrupted write) and is dropped")
+    if not text.strip():
+        return _empty(), notes or ["it is empty"]
+    df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    if "protocol" not in df.columns and len(df.columns):  # written before protocols were recorded
+        df["protocol"] = "1"
+    missing = set(_ROW_ID) - set(df.columns)
+    if missing:
+        raise ValueError(f"missing columns {sorted(missing)}")
+    bad = df[list(_ROW_ID)].isna().any(axis=1)  # a row with fewer fields than the header
+    for c in _INT + _FLOAT:
+        if c in df:
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+            if c in _INT or c == "median_s":
+                bad |= df[c].isna()
+    df["channels_last"] = df["channels_last"].map({"True": True, "False": False})
+    bad |= df["channels_last"].isna()
+    if bad.any():
+        notes.append(f"{int(bad.sum())} rows with missing or malformed fields are dropped")
+        df = df[~bad].copy()
+    for c in _INT:
+        if c in df:
+            df[c] = df[c].astype(int)
+    dup = df.duplicated(subset=list(_ROW_ID), keep="last")
+    if dup.any():
+        notes.append(f"{int(dup.sum())} duplicated rows (same key, method and rank) are dropped, the last kept")
+        df = df[~dup]
+    return df.reset_index(drop=True), notes
+
+
+def _own_rows(df: pd.DataFrame, key: Mapping[str, Any], path: Path) -> pd.DataFrame:
+    """``df`` without rows measured elsewhere (another device, torch, dtype, threads), with a
+    warning; rows of another timing protocol stay (another checkout may use them), with a
+    warning, and no lookup matches them."""
+    foreign = pd.Series(False, index=df.index)
+    for k in _FILE_KEY:
+        foreign |= df[k].astype(str) != str(key[k])
+    if foreign.any():
+        seen = df.loc[foreign, ["device_name", "torch", "dtype", "threads"]].drop_duplicates().to_dict("records")
+        warnings.warn(f"timing cache {path.name}: ignoring {int(foreign.sum())} rows measured elsewhere "
+                      f"{seen[:3]} (this is {key['device_name']!r}, torch {key['torch']}); "
+                      "timings are only valid on the device that measured them", stacklevel=4)
+        df = df[~foreign].reset_index(drop=True)
+    stale = df["protocol"].astype(str) != str(key.get("protocol", PROTOCOL))
+    if stale.any():
+        warnings.warn(f"timing cache {path.name}: {int(stale.sum())} rows were measured by timing protocol "
+                      f"{sorted(set(df.loc[stale, 'protocol']))} (this code: {PROTOCOL}; see "
+                      "lrdnb.cache.PROTOCOL) and are not used; their layers will be re-timed", stacklevel=4)
+    return df
 
 
 def _merge(old: pd.DataFrame, recs: list[dict]) -> pd.DataFrame:
@@ -263,8 +374,9 @@ def _merge(old: pd.DataFrame, recs: list[dict]) -> pd.DataFrame:
 
 
 def as_cache(cache: Any) -> TimingCache | None:
-    """``None``/``False`` -> no cache; ``"default"``/``True`` -> :data:`DEFAULT_FOLDER` (or
-    ``$LRDNB_CACHE``); a path -> that folder; a :class:`TimingCache` as is."""
+    """``None``/``False`` -> no cache; ``"default"``/``True`` -> :func:`default_folder`
+    (``$LRDNB_CACHE`` or the per-user cache folder); a path -> that folder; a :class:`TimingCache`
+    as is."""
     if cache is None or cache is False:
         return None
     if isinstance(cache, TimingCache):
