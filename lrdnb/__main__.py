@@ -8,7 +8,7 @@
 ``python -m lrdnb publish out/cpu``
     Makes a run the reference in ``data/`` + ``figures/``; the replaced files go to ``data/archive/``.
 ``python -m lrdnb results``
-    Regenerates ``docs/results.md`` from the reference and the paper's numbers.
+    Regenerates ``docs/results.md`` and the README's results block from the reference and the paper.
 """
 from __future__ import annotations
 
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     pb.add_argument("run", help="run folder, e.g. out/cpu")
     pb.add_argument("--note", default="", help="recorded in data/archive/INDEX.csv for every replaced file")
     pb.add_argument("--allow-smoke", action="store_true", help="also publish smoke results (tests only)")
-    rs = sub.add_parser("results", help="regenerate docs/results.md from data/ and lrdnb/paper.py")
+    rs = sub.add_parser("results", help="regenerate docs/results.md and the README's results block from data/")
     rs.add_argument("--output", default=None, help="where to write (default: docs/results.md)")
     args = parser.parse_args(argv)
     try:
@@ -242,9 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "publish":
             _publish(Path(args.run).resolve(), args.note, args.allow_smoke)
         if args.cmd == "results":
-            from .results_page import write
+            from .results_page import update_readme, write
 
             print(f"wrote {write(ROOT, args.output)}")
+            if args.output is None:
+                update_readme(ROOT, ROOT / "README.md")
+                print(f"updated the results block of {ROOT / 'README.md'}")
     except _Interrupted as e:
         print(f"\n{e}", file=sys.stderr)
         return 130
@@ -256,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _publish(run: Path, note: str, allow_smoke: bool) -> None:
     from .publish import publish
-    from .results_page import write
+    from .results_page import update_readme, write
 
     try:
         done = publish(run, ROOT, note=note, allow_smoke=allow_smoke)
@@ -264,7 +267,9 @@ def _publish(run: Path, note: str, allow_smoke: bool) -> None:
         raise SystemExit(f"publish: {e}")
     for dest, old in done:
         print(f"published {dest.relative_to(ROOT)}" + (f" (previous -> {old.relative_to(ROOT)})" if old else ""))
-    print(f"wrote {write(ROOT)}\nreview and commit: git add data figures docs && git commit")
+    update_readme(ROOT, ROOT / "README.md")
+    print(f"wrote {write(ROOT)} and the README's results block\n"
+          "review and commit: git add data figures docs README.md && git commit")
 
 
 if __name__ == "__main__":

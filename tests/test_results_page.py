@@ -32,3 +32,11 @@ def test_comparison_and_conclusion_from_reference():
     assert "Combined training speed-up (%)" in text and "46.0" in text  # the paper's ResNet-50 number
     line = reference.conclusion("table1", ROOT / "data", "cpu")
     assert line.startswith("Conclusion") and "\n" not in line and "vs the paper's" in line
+
+
+def test_readme_results_block_is_up_to_date():
+    from lrdnb.results_page import update_readme
+
+    assert update_readme(ROOT) == (ROOT / "README.md").read_text(), \
+        "the README's results block is stale: run `python -m lrdnb results` and commit it"
+    assert "issue" not in (ROOT / "README.md").read_text().lower()
