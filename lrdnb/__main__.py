@@ -101,7 +101,7 @@ def _running_cell(executed: Path) -> str:
 
 
 def _heartbeat(progress: _Progress, executed: Path, stop: threading.Event) -> None:
-    while not stop.wait(5.0):
+    while not stop.wait(min(5.0, HEARTBEAT_S / 2)):
         if time.perf_counter() - progress.last >= HEARTBEAT_S:
             progress.say(f"still running ({_running_cell(executed)})")
 

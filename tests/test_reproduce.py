@@ -27,6 +27,7 @@ def _tiny_notebook(path: Path) -> None:
             "marker = os.path.join(os.path.dirname(data_dir), 'tiny.done.json')\n"
             "assert not os.path.exists(marker), 'the done marker must be gone before a rerun'\n"
             "print(f'tiny running with profile={profile}', flush=True)"),
+        nbformat.v4.new_code_cell("import time\ntime.sleep(3)  # silent: reproduce says which cell runs"),
     ]
     nbformat.write(nb, path)
 
@@ -36,11 +37,13 @@ def test_reproduce_runs_into_out_resumes_and_forces(tmp_path, monkeypatch, capsy
     _tiny_notebook(tmp_path / "tiny.ipynb")
     monkeypatch.setattr(cli, "NOTEBOOK_DIR", tmp_path)
     monkeypatch.setattr(cli, "NOTEBOOKS", {"explore": "tiny.ipynb"})
+    monkeypatch.setattr(cli, "HEARTBEAT_S", 1.0)
     out = tmp_path / "run"
     rows = cli.reproduce("smoke", out=out)
     text = capsys.readouterr().out
     assert rows[0]["status"] == "ran" and (out / "tiny.done.json").exists() and (out / "tiny.ipynb").exists()
     assert "[explore 0:" in text and "tiny running with profile=smoke" in text  # the kernel's output, live
+    assert "still running (cell 4/4: import time)" in text  # a heartbeat while the kernel is silent (4 with papermill's)
     assert "Rank trade-off explorer" in text  # the comparison at the end
     assert cli.reproduce("smoke", out=out)[0]["status"] == "cached"
     assert cli.reproduce("smoke", out=out, force=True)[0]["status"] == "ran"  # the notebook asserts the marker is gone
