@@ -32,6 +32,8 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = {name: f"{a.notebook}.ipynb" for name, a in ARTIFACTS.items()}
 #: seconds without a line from the kernel before ``reproduce`` says which cell is running.
 HEARTBEAT_S = 60.0
+#: set in the notebooks' kernels: text progress bars (not widgets, see lrdnb.profiles), rarely redrawn.
+KERNEL_ENV = {"LRDNB_PROGRESS": "text", "TQDM_MININTERVAL": "10"}
 
 
 def _select(only: str | None) -> list[str]:
@@ -108,7 +110,8 @@ def _heartbeat(progress: _Progress, executed: Path, stop: threading.Event) -> No
 
 def _kernel_manager(log: Path):
     """A kernel manager that talks to the kernel over local IPC sockets (no 'running over TCP without
-    encryption' warning) and sends the kernel's own stderr (ZMQ / shutdown noise) to ``log``."""
+    encryption' warning), sends the kernel's own stderr (ZMQ / shutdown noise) to ``log`` and sets
+    :data:`KERNEL_ENV` in the kernel's environment."""
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import CaselessStrEnum
 
@@ -116,17 +119,12 @@ def _kernel_manager(log: Path):
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc" if os.name == "posix" else "tcp")
 
         async def _async_launch_kernel(self, kernel_cmd, **kw):
+            kw["env"] = {**kw.get("env", os.environ), **KERNEL_ENV}
             with open(log, "a") as err:  # the child keeps its own copy of the descriptor
                 kw.setdefault("stderr", err)
                 return await super()._async_launch_kernel(kernel_cmd, **kw)
 
     return _Quiet
-
-
-def _kernel_env() -> None:
-    """Environment the kernels inherit: text progress bars (not widgets), rarely redrawn."""
-    os.environ["LRDNB_PROGRESS"] = "text"
-    os.environ.setdefault("TQDM_MININTERVAL", "10")
 
 
 def _run_one(nb: Path, executed: Path, params: dict, prefix: str) -> None:
@@ -158,7 +156,6 @@ def reproduce(profile: str = "cpu", only: str | None = None, out: str | Path | N
         raise SystemExit(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
     out = Path(out).resolve() if out else out_dir(profile)
     out.mkdir(parents=True, exist_ok=True)
-    _kernel_env()
     given = {"profile": profile, "data_dir": str(out / "data"), "figures_dir": str(out / "figures"),
              "checkpoint_dir": str(out / "checkpoints"), **(params or {})}
     summary = []
