@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .factors import svd_factors, tucker2_factors
-from .layers import FactorizedConv2d, FactorizedLinear, Tucker2Conv2d, build_factorized
+from .layers import FactorizedConv2d, FactorizedLinear, Tucker2Conv2d, build_factorized, is_factorized
 from .plan import LayerSpec, Plan, candidate_layers, check_model, layer_spec, plan as make_plan
 
 __all__ = [
@@ -52,11 +52,14 @@ def _check_layer(spec: LayerSpec, mod: nn.Module) -> None:
     """Raise ``ValueError`` naming the layer and field where plan entry ``spec`` does not
     describe ``mod`` (the model is the source of truth: a hand-edited stride, padding, bias or
     shape would otherwise build a different layer)."""
+    if is_factorized(mod):
+        raise ValueError(f"plan entry {spec.name!r}: the model's {spec.name!r} is already decomposed "
+                         f"({type(mod).__name__}); apply a plan to the original model")
     try:
         truth = layer_spec(spec.name, mod)
-    except ValueError as e:
+    except ValueError:
         raise ValueError(f"plan entry {spec.name!r} is a {spec.kind} layer, but the model's "
-                         f"{spec.name!r} is a {type(mod).__name__}; was the plan made for another model?") from e
+                         f"{spec.name!r} is a {type(mod).__name__}; was the plan made for another model?") from None
     for f in _CHECKED_FIELDS:
         mine, theirs = getattr(spec, f), getattr(truth, f)
         if _plain(mine) != _plain(theirs):

@@ -206,6 +206,10 @@ def build_factorized(
     Returns:
         A :class:`FactorizedLinear`, :class:`FactorizedConv2d`, :class:`Tucker2Conv2d`, or a
         plain ``nn.Linear`` / ``nn.Conv2d`` for ``"keep"``.
+
+    Raises:
+        ValueError: ranks that are not integers >= 1, or not one (SVD) / two (Tucker2). Upper
+            bounds are not checked here (timing sweeps build any shape); plans check them.
     """
     s = spec if isinstance(spec, dict) else spec.to_dict()  # type: ignore[attr-defined]
     method = method or s["method"]

@@ -585,7 +585,9 @@ def plan(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
     }
-    return Plan(layers, meta)
+    out = Plan(layers, meta)
+    out.check()  # what apply will check, so a plan from here always applies
+    return out
 
 
 @dataclass

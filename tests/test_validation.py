@@ -360,6 +360,15 @@ def test_a_list_example_is_one_argument():
     m, imgs = TakesList(), [torch.randn(3, 8, 8), torch.randn(3, 8, 8)]
     for kw in ({"example": imgs}, {"example": (imgs,)}, {"example_args": (imgs,)}):
         assert lrdnb.plan(m, **kw)["conv"].input_shape == [1, 3, 8, 8]
+    with pytest.raises(TypeError) as e:  # a tuple is unpacked: the model's own error, with a hint
+        lrdnb.plan(m, tuple(imgs))
+    assert any("example_args=([img],)" in n for n in getattr(e.value, "__notes__", []))
+
+
+def test_plan_of_a_decomposed_model_refused(net, net_plan):
+    small = lrdnb.apply(net, net_plan)
+    with pytest.raises(ValueError, match="'conv1'.*already decomposed"):
+        lrdnb.apply(small, net_plan)
 
 
 def _detector():
