@@ -66,7 +66,8 @@ def optimize_ranks(
 
     Returns:
         A new plan (the input is not modified): ranks and methods, ``time_original`` /
-        ``time_decomposed`` (seconds per call), a ``reason`` for every choice, and
+        ``time_decomposed`` (seconds per call; ``time_decomposed`` is None for a layer whose rank
+        in a returned baseline plan was not timed), a ``reason`` for every choice, and
         ``meta["rank_optimization"]``: settings, signatures, timings, seconds, and ``check``
         (the whole-model comparison and which plan was returned).
 
@@ -184,7 +185,8 @@ def _joint(plan: Plan, groups: dict, search: RankSearch, t: ResolvedTiming, mode
 
 def rounded_plan(plan: Plan, grid: int) -> Plan:
     """``plan`` with every decomposed layer's ranks rounded down to a multiple of ``grid`` (rank
-    quantization, Ahmed et al. 2022; never below ``grid``, never above the full rank).
+    quantization, Ahmed et al. 2022); a rank already below ``grid`` stays as it is (rounding it
+    up could make the layer larger than the original).
 
     Example:
         >>> import torchvision, lrdnb
@@ -196,7 +198,7 @@ def rounded_plan(plan: Plan, grid: int) -> Plan:
     for s in plan.decomposed:
         full = [s.in_channels, s.out_channels] if s.method == "tucker2" else \
             [min(s.in_channels * s.kernel[0] * s.kernel[1], s.out_channels)]
-        rk = [R.quantize_rank(r, grid, f) for r, f in zip(s.ranks, full)]
+        rk = [r if r < grid else R.quantize_rank(r, grid, f) for r, f in zip(s.ranks, full)]
         out[s.name] = s.with_ranks(rk, s.method, f"{s.reason}; ranks rounded down to x{grid}" if s.reason
                                    else f"ranks rounded down to x{grid}")
     return out
@@ -220,7 +222,11 @@ def _contract(model: nn.Module, example: Any, plan: Plan, searched: Plan, search
     out.meta = dict(searched.meta)
     st = record["plans"]
     for s in out.decomposed:
-        out[s.name] = s.with_ranks(s.ranks, s.method, f"{s.reason}; whole-model check: the {name} plan was "
-                                   f"fastest (median {st[name]['median']:.3f} of the input plan's time, searched "
-                                   f"{st['searched']['median']:.3f}, {record['rounds']} paired rounds)")
+        new = s.with_ranks(s.ranks, s.method, f"{s.reason}; whole-model check: the {name} plan was "
+                           f"fastest (median {st[name]['median']:.3f} of the input plan's time, searched "
+                           f"{st['searched']['median']:.3f}, {record['rounds']} paired rounds)")
+        src = searched[s.name]  # the layer times the search measured, where they apply
+        new.time_original = src.time_original
+        new.time_decomposed = src.time_decomposed if (src.method, src.ranks) == (s.method, s.ranks) else None
+        out[s.name] = new
     return out, record

@@ -66,7 +66,6 @@ class LayerChoice:
     reason: str
     t_chosen: float  # seconds per call (reference-normalised), the original's when kept
     T: float  # the original layer's
-    curve: pd.DataFrame  # the sweep frame of the measured ranks
     verified: pd.DataFrame | None  # paired step checks
     timings: int  # measurements taken now (0 on a warm run)
 
@@ -142,5 +141,4 @@ def search_layer(spec: LayerSpec, ranks: Sequence[int], search: RankSearch, t: R
     if choice is not None:
         why += f"; {1 - ratio:.0%} faster than the original" if ratio < 1 else f"; {ratio - 1:.0%} slower than the original, not confirmed in pairs"
     T = float(store.rows[(t.pass_, "keep", 0)]["norm_s"])
-    return LayerChoice(choice, why, T * ratio, T, store.frame(ranks, t, set()), verified,
-                       benches[0].count if benches else 0)
+    return LayerChoice(choice, why, T * ratio, T, verified, benches[0].count if benches else 0)

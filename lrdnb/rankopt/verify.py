@@ -82,8 +82,8 @@ def check_plans(model: nn.Module, example: Any, plans: Mapping[str, Plan], refer
     """Time the whole model decomposed by each plan in paired round-robin rounds (the protocol of
     Table 1) and return the fastest plan's name with the comparison.
 
-    Plans with identical ranks are timed once. Rounds stop early, after 3, once every candidate
-    was on the same side of ``reference`` in every round. The example must be one tensor. The
+    Plans with identical ranks are timed once. Rounds stop early, after 3, once every two plans
+    were on the same side of each other in every round (the order cannot be a coin's). The example must be one tensor. The
     per-round ratios are cached (:mod:`lrdnb.cache`, under the plans' ranks and the example's
     shape), so a warm run replays the decision.
 
@@ -124,8 +124,10 @@ def _time_plans(model: nn.Module, example: torch.Tensor, plans: Mapping[str, Pla
     number = calls_for(max(timer(fn, 1, t.threads) for fn in runners.values()), t.min_run_time)
     pairs = [(n, ref) for n in plans if n != ref]
 
-    def done(q: dict) -> bool:
-        return all(len(v) >= 3 and (max(v) < 1 or min(v) > 1) for v in q.values())
+    def done(q: dict) -> bool:  # every two plans on the same side of each other in every round so far
+        r = [v for v in q.values()] + [[1.0] * len(next(iter(q.values())))]
+        return len(r[0]) >= 3 and all(max(x / y for x, y in zip(a, b)) < 1 or min(x / y for x, y in zip(a, b)) > 1
+                                      for i, a in enumerate(r) for b in r[i + 1:])
 
     q = paired_rounds(runners, pairs, rounds, timer, number, t.threads, stop=done)
     return {a: v for (a, _), v in q.items()} | {ref: [1.0] * len(q[pairs[0]])}
