@@ -136,5 +136,6 @@ def resolve(notebook: str, namespace: MutableMapping[str, Any], verbose: bool = 
         kept = sorted(passed & set(preset))
         where = namespace.get("data_dir") or namespace.get("figures_dir")
         print(f"profile {profile}: {len(preset) - len(kept)} preset value(s) applied"
-              + (f", passed values kept for {kept}" if kept else "") + (f"; results -> {Path(where).parent}" if where else ""))
+              + (f", passed values kept for {kept}" if kept else "")
+              + (f"; results -> {Path(where).parent}" if where else ""))
     return applied

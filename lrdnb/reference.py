@@ -159,7 +159,8 @@ def _fig2(df: pd.DataFrame) -> dict[str, Any]:
 
 def _fig2_paper() -> dict[str, Any]:
     f = paper.FIG2
-    return {"model": "Tucker2 of ResNet-152's [512, 512, 3, 3] conv (V100)", "Algorithm 1 rank": f["rank"], "largest step": f"{f['step_from']}->{f['step_to']}",
+    return {"model": "Tucker2 of ResNet-152's [512, 512, 3, 3] conv (V100)", "Algorithm 1 rank": f["rank"],
+            "largest step": f"{f['step_from']}->{f['step_to']}",
             "largest step (% of time)": f["step_pct"], "speed-up vs original layer (x)": float("nan")}
 
 

@@ -222,7 +222,8 @@ def readme_block(root: str | Path, tag: str = "cpu") -> str:
     if f2.exists():
         d = pd.read_csv(f2)
         sweeps = d[d["sweep"].astype(str) != "pooled"]["rank"].tolist()
-        lines.append(f"**Fig. 2**: Algorithm 1 picks rank {' and '.join(str(int(r)) if not pd.isna(r) else 'none' for r in sweeps)} "
+        picks = " and ".join(str(int(r)) if not pd.isna(r) else "none" for r in sweeps)
+        lines.append(f"**Fig. 2**: Algorithm 1 picks rank {picks} "
                      f"in the sweeps of the {paper.FIG2['weight_shape']} layer [{paper.FIG2['rank']}, after a "
                      f"{paper.FIG2['step_pct']:.0f}% step from {paper.FIG2['step_from']} to {paper.FIG2['step_to']}].")
     f3 = data / f"{ARTIFACTS['fig3'].main(tag)}.csv"
