@@ -158,15 +158,14 @@ def test_layers_reading_the_network_input_train_without_its_gradient(r50):
     del d["input_grad"]
     assert LayerSpec.from_dict(d).input_grad is True
     # the layer timing honours it: no input gradient in the runner of such a layer
-    from lrdnb.sweeps import _Session
+    from lrdnb.rankopt.measure import make_runner, shape_module
 
     spec = p["conv1"]
-    sess = _Session(spec, "svd", ("train",), torch.device("cpu"), 1, torch.float32, False, 1.0, (), 1e-4, 4, 0,
-                    size_rank=8)
-    sess._runner(0, "train")()
-    sess._runner(8, "train")()
-    assert not sess.x.requires_grad and sess.x.grad is None
-    torch.set_num_threads(sess.old_threads)
+    x = torch.randn(spec.input_shape)
+    for method, ranks in (("keep", []), ("svd", [8])):
+        make_runner(shape_module(spec, method, ranks), spec.input_shape, "train", "cpu",
+                    input_requires_grad=spec.input_grad, inputs=x)()
+    assert not x.requires_grad and x.grad is None
 
 
 def test_no_candidates():
