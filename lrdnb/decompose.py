@@ -199,7 +199,8 @@ def decompose(
         example: one input the model accepts: a tensor (or a list) is called as
             ``model(example)``, a tuple as ``model(*example)``, a dict as ``model(**example)``.
         optimize: ``None``, ``"algorithm1"`` or ``"joint"`` (see :func:`lrdnb.rankopt.optimize_ranks`).
-        optimize_kwargs: passed to ``optimize_ranks`` (device, pass_, budget, cache, ...).
+        optimize_kwargs: passed to ``optimize_ranks`` (``search=RankSearch(...)``,
+            ``timing=Timing(...)``, ``budget``, ``progress``).
         example_args, example_kwargs: the example call given explicitly instead of ``example``,
             ``model(*example_args, **example_kwargs)``: a torchvision detection model takes a
             list of images, ``example_args=([img],)`` (or ``example=([img],)``).
