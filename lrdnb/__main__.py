@@ -208,6 +208,8 @@ def _report(summary: list[dict], names: list[str], out: Path, profile: str) -> N
     print(f"\nOurs ({out}) beside the committed reference (data/) and the paper:\n")
     for name in names:
         print(comparison(name, (out / "data", profile), (ROOT / "data", "cpu")) + "\n")
+    if profile != "smoke":
+        print(f"To make this run the reference: python -m lrdnb publish {out}")
 
 
 def main(argv: list[str] | None = None) -> int:
