@@ -696,3 +696,9 @@ def test_rounded_plan_rounds_down_never_up(tiny):
         assert all(b == a if a < 16 else (b % 16 == 0 and b <= a) for a, b in zip(s.ranks, q.ranks)), (s.ranks, q.ranks)
         assert q.params_after <= s.params_after and "rounded down to x16" in q.reason
     lrdnb.apply(m, r)  # a valid plan: every layer smaller than the original
+
+
+def test_a_range_of_one_rank(net):
+    """A high ratio can leave eq. 5 and eq. 6 at the same rank: that rank, checked against the original."""
+    new = run(net, FakeDevice(), alpha=40, check_rounds=0)
+    assert new["c2"].method == "tucker2" and "only rank in the range" in new["c2"].reason

@@ -126,11 +126,13 @@ def search_layer(spec: LayerSpec, ranks: Sequence[int], search: RankSearch, t: R
         cands = top_candidates(r, q, search.refine, smooth="consistent" if q.shape[0] > 1 else "median3",
                                min_drop=search.min_drop)
     verified = verify_steps(bench, store, cands, search.rounds, search.confirm, search.min_drop) if cands else None
-    # times are in units of the original's, which Algorithm 1's last line compares with; that
-    # comparison is made below in pairs, so here T is infinite and a rank is always returned
-    choice, why = algorithm1(r, q, float("inf"), min_drop=search.min_drop, verified=verified,
-                             tie_tol=search.tie_tol, confirm=search.confirm)
-    why = why.rsplit("; ", 1)[0]
+    if len(r) < 2:
+        choice, why = int(r[0]), f"rank {r[0]}, the only rank in the range"
+    else:  # times are in units of the original's, which Algorithm 1's last line compares with; that
+        # comparison is made below in pairs, so here T is infinite and a rank is always returned
+        choice, why = algorithm1(r, q, float("inf"), min_drop=search.min_drop, verified=verified,
+                                 tie_tol=search.tie_tol, confirm=search.confirm)
+        why = why.rsplit("; ", 1)[0]
     ratio = float(np.median(q[:, r == choice]))
     if ratio > CLOSE:
         kept, rq = original_faster(bench, store, choice, search.rounds, search.confirm)
