@@ -10,7 +10,8 @@ three alike:
 * ``warm``: the same right after, with the cache it filled.
 
 Each cold / warm time is divided by the median plain time (``ratio_to_plain``). Writes
-``data/rankopt_cost[_TAG].csv`` / ``.json`` with provenance.
+``out/benchmarks/data/rankopt_cost[_TAG].csv`` / ``.json`` with provenance (``python -m lrdnb publish
+out/benchmarks`` makes it the reference in ``data/``).
 
 Run:  .venv/bin/python benchmarks/rankopt_cost.py [--rounds 6] [--channels-last]
 Takes ~2-3 min on a quiet 2-core CPU (ResNet-50, 64 px, batch 8).
@@ -84,7 +85,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--out", default="data")
+    ap.add_argument("--out", default="out/benchmarks/data", help="results folder (publish with: python -m lrdnb publish out/benchmarks)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     import pandas as pd

@@ -12,8 +12,8 @@ parameters and FLOPs relative to the original, the median paired speed-up over L
 rounded plan (min-max), rounds won, the one-sided sign test, and the search's split into search
 and whole-model check.
 
-Writes ``data/rankopt_plans_TAG.csv``/``.json`` (raw rounds and the plans' ranks in the JSON) and
-``figures/rankopt_plans_TAG.png``.
+Writes ``out/benchmarks/data/rankopt_plans_TAG.csv``/``.json`` (raw rounds and the plans' ranks in the JSON) and
+``out/benchmarks/figures/rankopt_plans_TAG.png`` (``python -m lrdnb publish out/benchmarks``: the reference).
 
 Run:  .venv/bin/python benchmarks/rankopt_plans.py [--plans 3] [--rounds 20] [--load 2]
 Takes ~5 min on a quiet 2-core CPU (3 plans, 20 rounds).
@@ -139,8 +139,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--load", type=int, default=0, help="CPU-burning processes beside the searches")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="data")
-    ap.add_argument("--figures", default="figures")
+    ap.add_argument("--out", default="out/benchmarks/data", help="results folder (publish with: python -m lrdnb publish out/benchmarks)")
+    ap.add_argument("--figures", default="out/benchmarks/figures")
     ap.add_argument("--tag", default=None, help="file name tag (default: cpu[_nchw][_loadN])")
     ap.add_argument("--nchw", action="store_true", help="search and time in NCHW instead of channels_last")
     ap.add_argument("--replot", action="store_true", help="only redraw the figure from the written results")

@@ -9,7 +9,7 @@ step (forward + backward + SGD momentum, the Table-1 runner) each op category ta
 ``--rounds`` round-robin rounds (medians printed; every round in the CSV). Profiled
 self-times are not wall-clock speed-ups (the profiler adds overhead per op); compare categories
 within a variant and across variants, not with Table 1's images/s.
-Writes ``data/step_time_breakdown_cpu.csv`` / ``.json`` with provenance.
+Writes ``out/benchmarks/data/step_time_breakdown_cpu.csv`` / ``.json`` with provenance.
 
 Run:  .venv/bin/python benchmarks/step_time_breakdown.py [--model resnet50 --size 64 --batch 16]
 Takes ~3 min on a 2-core CPU (rank optimization included).
@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=2, help="profiled train steps per variant and round")
     ap.add_argument("--rounds", type=int, default=5, help="round-robin rounds; medians over rounds are printed")
     ap.add_argument("--nchw", action="store_true", help="NCHW instead of channels_last")
-    ap.add_argument("--out", default="data")
+    ap.add_argument("--out", default="out/benchmarks/data", help="results folder (publish with: python -m lrdnb publish out/benchmarks)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ Runs :func:`lrdnb.experiments.throughput.throughput_table` for one model over a 
 (image size, batch, channels_last), each configuration a full round-robin run of the five
 methods, and collects per configuration: every method's training / inference speed-up over the
 original, Combined's fraction of its FLOP-predicted gain, and Rank Opt. vs LRD (median paired
-gain, rounds won, one-sided sign test). Writes ``data/table1_configs_cpu.csv`` / ``.json`` with
+gain, rounds won, one-sided sign test). Writes ``out/benchmarks/data/table1_configs_cpu.csv`` / ``.json`` with
 provenance (``lrdnb.results``) and prints the targets per configuration.
 
 Run:  .venv/bin/python benchmarks/table1_configs.py [--model resnet50 --rounds 8 --threads 1]
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", default="data")
+    ap.add_argument("--out", default="out/benchmarks/data", help="results folder (publish with: python -m lrdnb publish out/benchmarks)")
     a = ap.parse_args()
     rows, meta_runs = [], []
     for size, batch, cl in CONFIGS:

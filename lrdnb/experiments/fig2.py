@@ -21,12 +21,7 @@ from ..rankopt.measure import LayerBench
 from ..rankopt.sweep import LayerCurves
 from ..rankopt.verify import verify_steps
 
-__all__ = ["PAPER_FIG2", "fig2_spec", "step_time_vs_rank"]
-
-#: What the paper reports for Fig. 2 (V100, ResNet-152's [512, 512, 3, 3] conv, Tucker2).
-PAPER_FIG2 = {"weight_shape": [512, 512, 3, 3], "step_from": 257, "step_to": 256, "step_pct": 15.0,
-              "flat_from": 270, "flat_to": 242, "highlight": [257, 256, 270, 242]}
-
+__all__ = ["fig2_spec", "step_time_vs_rank"]
 
 def fig2_spec(weight_shape: Sequence[int] = (512, 512, 3, 3), input_size: int = 14, batch: int = 8,
               method: str = "tucker2") -> LayerSpec:

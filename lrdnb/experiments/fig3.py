@@ -31,19 +31,11 @@ import torch
 from ..data import load_dataset
 from ..decompose import decompose
 from ..models import get_model
+from ..paper import FIG3
 from ..provenance import provenance, resolve_device
 from ..train import evaluate, fit
 
-__all__ = ["PAPER_FIG3", "freezing_convergence", "summarize", "epochs_to_target"]
-
-#: The paper's Fig. 3 (ResNet-50, CIFAR-10, V100): epoch reaching 95% and final accuracy.
-PAPER_FIG3 = {
-    "target_acc": 0.95,
-    "epochs": 30,
-    "sequential": {"epochs_to_target": 20, "final_acc": 0.9546},
-    "regular": {"epochs_to_target": 26, "final_acc": 0.9527},
-}
-
+__all__ = ["freezing_convergence", "summarize", "epochs_to_target"]
 
 def _key(**params: Any) -> str:
     return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -172,7 +164,7 @@ def summarize(df: pd.DataFrame, target_acc: float | None = None, margin: float =
     rows = []
     for name, d in df.groupby("schedule", sort=False):
         d = d.sort_values("epoch")
-        paper = PAPER_FIG3.get(name, {})
+        paper = FIG3.get(name, {})
         rows.append({
             "schedule": name,
             "target_acc": target,
