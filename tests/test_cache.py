@@ -7,12 +7,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 import lrdnb
-import lrdnb.cache as C
-from lrdnb.cache import TimingCache, as_cache, default_folder, timing_key
+import lrdnb.rankopt.cache as C
+from lrdnb.rankopt.cache import TimingCache, as_cache, default_folder, timing_key
 
 KEY = timing_key("cpu:test", torch.float32, "train", "conv2d|w=8x8x3x3")
 OTHER = timing_key("cpu:other", torch.float32, "train", "conv2d|w=8x8x3x3")
@@ -209,3 +210,45 @@ def test_rows_of_an_old_protocol_are_kept_but_not_used(tmp_path, how):
     with pytest.warns(UserWarning, match="protocol"):
         assert _ranks(TimingCache(tmp_path)) == [16]
     assert len(path.read_text().splitlines()) == 1 + 3  # the old rows stay in the file
+
+
+def _held_row(rank=4):
+    return {"method": "svd", "rank": rank, "r2": 0, "pass": "train", "median_s": 1e-3, "n": 3, "norm_s": 1e-3,
+            "ref_s": 2e-3, "times_s": "0.001", "ratios": "0.5"}
+
+
+def test_cache_held_block_flushes_and_writes_on_interrupt(tmp_path):
+    cache = TimingCache(tmp_path)
+    k = timing_key("cpu:Xeon", torch.float32, "train", "sig")
+    with pytest.raises(KeyboardInterrupt):
+        with cache.held():
+            cache.add([_held_row(4)], {"train": k})
+            assert not cache.path(k).exists() and len(cache.lookup(k)) == 1  # held, visible
+            cache.flush()  # written now; the block goes on holding
+            assert sorted(pd.read_csv(cache.path(k))["rank"]) == [4]
+            cache.add([_held_row(5)], {"train": k})
+            assert sorted(pd.read_csv(cache.path(k))["rank"]) == [4]
+            raise KeyboardInterrupt
+    assert sorted(pd.read_csv(cache.path(k))["rank"]) == [4, 5]  # nothing measured is lost
+    assert sorted(r["rank"] for r in TimingCache(tmp_path).lookup(k)) == [4, 5]
+    cache.flush()  # outside a block: nothing to do
+    cache.add([_held_row(6)], {"train": k})  # and writes go straight to disk again
+    assert sorted(pd.read_csv(cache.path(k))["rank"]) == [4, 5, 6]
+    with cache.held(flush_every=0.0):  # every add past the interval writes (what optimize_ranks does every 5 s)
+        cache.add([_held_row(7)], {"train": k})
+        assert sorted(pd.read_csv(cache.path(k))["rank"]) == [4, 5, 6, 7]
+    with cache.held(flush_every=3600.0):
+        cache.add([_held_row(8)], {"train": k})
+        assert 8 not in set(pd.read_csv(cache.path(k))["rank"])
+    assert 8 in set(pd.read_csv(cache.path(k))["rank"])
+
+
+def test_as_cache(tmp_path):
+    assert as_cache(None) is None and as_cache(False) is None
+    assert as_cache(tmp_path).folder == tmp_path
+    c = TimingCache(tmp_path)
+    assert as_cache(c) is c
+    with pytest.raises(ValueError, match="cache must be"):
+        as_cache(3)
+
+

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import lrdnb
-from lrdnb.cache import TimingCache
+from lrdnb.rankopt.cache import TimingCache
 from lrdnb.factors import svd_error_curve, tucker2_error_curve
 from lrdnb.layers import FactorizedConv2d, FactorizedLinear, Tucker2Conv2d, is_factorized
 from lrdnb.plan import LayerSpec

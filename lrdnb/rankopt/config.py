@@ -120,7 +120,7 @@ class Timing:
         frozen: factor roles frozen while training, ``{method: roles}`` (a freezing schedule's
             ``roles_at(epoch)``): the train passes time the layers without those gradients.
         cache: ``"default"`` (``$LRDNB_CACHE`` or the per-user cache folder), a folder, a
-            :class:`lrdnb.cache.TimingCache`, or ``None``.
+            :class:`lrdnb.rankopt.cache.TimingCache`, or ``None``.
         min_run_time: seconds per measurement (calls are batched up to it).
         timer: :data:`TimerFn`; default ``torch.utils.benchmark``. Not serialized.
     """

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .. import ranks as R
-from ..cache import as_cache
+from .cache import as_cache
 from ..factors import svd_error_curve, tucker2_error_curve
 from ..plan import LayerSpec, Plan
 from .config import RankSearch, ResolvedTiming, Timing

@@ -4,7 +4,7 @@ every ``r`` from ``R`` to ``R_min``, and Fig. 2), and the cached curve both sear
 Step time depends only on shapes, so modules of the right shapes are built with arbitrary
 weights (:func:`lrdnb.rankopt.measure.shape_module`) and never decomposed. Curves are cached by
 (device, torch, dtype, pass, signature, layout, threads, frozen roles, protocol)
-(:mod:`lrdnb.cache`), so a signature that repeats in a model is timed once.
+(:mod:`lrdnb.rankopt.cache`), so a signature that repeats in a model is timed once.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from .. import ranks as R
-from ..cache import as_cache, timing_key
+from .cache import as_cache, timing_key
 from ..plan import LayerSpec
 from ..provenance import device_name
 from .config import ResolvedTiming, Timing

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..cache import as_cache, timing_key
+from .cache import as_cache, timing_key
 from ..plan import Plan
 from ..provenance import device_name
 from .config import ResolvedTiming
@@ -84,7 +84,7 @@ def check_plans(model: nn.Module, example: Any, plans: Mapping[str, Plan], refer
 
     Plans with identical ranks are timed once. Rounds stop early, after 3, once every two plans
     were on the same side of each other in every round (the order cannot be a coin's). The example must be one tensor. The
-    per-round ratios are cached (:mod:`lrdnb.cache`, under the plans' ranks and the example's
+    per-round ratios are cached (:mod:`lrdnb.rankopt.cache`, under the plans' ranks and the example's
     shape), so a warm run replays the decision.
 
     Returns:

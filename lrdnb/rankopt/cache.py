@@ -39,7 +39,7 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 import torch
 
-from .results import atomic_write_text
+from ..results import atomic_write_text
 
 __all__ = ["DEFAULT_FOLDER", "KEY_COLUMNS", "PROTOCOL", "TimingCache", "timing_key", "as_cache", "default_folder"]
 
@@ -56,11 +56,12 @@ def default_folder() -> Path:
 #: The default folder when this module was imported (:func:`default_folder` reads the
 #: environment again each time a cache is made).
 DEFAULT_FOLDER = default_folder()
-#: What a timed layer call does, versioned: timings of another protocol are not comparable.
-#: 1 (until 2026-12-03): the train pass back-propagated a fresh NCHW gradient (a layout copy per
-#: call in channels_last) and computed an input gradient for every layer; 2: the gradient in the
-#: output's layout, no input gradient for a layer that reads the network's input.
-PROTOCOL = 2
+#: What a timed layer call does and what the rows mean, versioned: rows of another protocol are
+#: never used. 1: the train pass back-propagated a fresh NCHW gradient and computed an input
+#: gradient for every layer; 2: the gradient in the output's layout, no input gradient for a layer
+#: that reads the network's input; 3: paired checks store their per-round ratios (``ratios``)
+#: under ``<method>-step`` / ``<method>-orig``, whole-model checks under ``model-check|...``.
+PROTOCOL = 3
 KEY_COLUMNS = ("device_name", "torch", "dtype", "pass", "signature", "channels_last", "threads", "frozen",
                "protocol")
 _FILE_KEY = ("device_name", "torch", "dtype", "threads", "channels_last")
@@ -360,7 +361,7 @@ def _own_rows(df: pd.DataFrame, key: Mapping[str, Any], path: Path) -> pd.DataFr
     if stale.any():
         warnings.warn(f"timing cache {path.name}: {int(stale.sum())} rows were measured by timing protocol "
                       f"{sorted(set(df.loc[stale, 'protocol']))} (this code: {PROTOCOL}; see "
-                      "lrdnb.cache.PROTOCOL) and are not used; their layers will be re-timed", stacklevel=4)
+                      "lrdnb.rankopt.cache.PROTOCOL) and are not used; their layers will be re-timed", stacklevel=4)
     return df
 
 
