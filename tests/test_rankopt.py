@@ -283,9 +283,9 @@ def test_runner_errors():
         make_runner(m, (1, 2), "train", device="cpu", input_requires_grad=False)
 
 
-@pytest.mark.parametrize("mode", ["blocked", "adaptive", "fixed"])
+@pytest.mark.parametrize("mode", ["blocked", "fixed"])
 def test_time_callable(mode):
-    r = time_callable(lambda: sum(range(100)), "cpu", min_run_time=1e-3, mode=mode, number=3, max_run_time=0.05)
+    r = time_callable(lambda: sum(range(100)), "cpu", min_run_time=1e-3, mode=mode, number=3)
     assert set(r) == {"median_s", "iqr_s", "min_s", "max_s", "n"}
     assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"] and r["n"] >= 1
     with pytest.raises(ValueError, match="valid"):

@@ -41,7 +41,7 @@ __all__ = ["PASSES", "ORDERS", "REFERENCE_EVERY", "check_pass", "make_runner", "
 ORDERS = ("desc", "asc", "shuffle")
 #: Measurements between two timings of the original layer, the reference of a layer's curve.
 REFERENCE_EVERY = 8
-_MODES = ("blocked", "adaptive", "fixed")
+_MODES = ("blocked", "fixed")
 
 
 def check_pass(pass_: str) -> None:
@@ -145,8 +145,6 @@ def time_callable(
     mode: str = "blocked",
     number: int | None = None,
     threads: int | None = None,
-    threshold: float = 0.1,
-    max_run_time: float = 10.0,
     warmup: int = 1,
 ) -> dict[str, float]:
     """Time ``fn()`` with ``torch.utils.benchmark.Timer``; seconds per call.
@@ -155,10 +153,9 @@ def time_callable(
         fn: any zero-argument callable.
         device: only decides whether the Timer synchronizes an accelerator (it does whenever one
             is available, as torch.utils.benchmark does).
-        min_run_time: seconds of measurement (``blocked``/``adaptive``).
-        mode: ``"blocked"`` (``blocked_autorange``), ``"adaptive"`` (``adaptive_autorange``,
-            stops at IQR/median < ``threshold`` or ``max_run_time``) or ``"fixed"`` (one
-            synchronized block of ``number`` calls after ``warmup`` calls: cheapest, for sweeps).
+        min_run_time: seconds of measurement (``blocked``).
+        mode: ``"blocked"`` (``blocked_autorange``) or ``"fixed"`` (one synchronized block of
+            ``number`` calls after ``warmup`` calls: cheapest, for sweeps).
         number: calls per block for ``"fixed"`` (default 1).
         warmup: untimed calls before the ``"fixed"`` block (first calls of a new shape build
             oneDNN/cuDNN kernels and cost several calls).
@@ -183,8 +180,6 @@ def time_callable(
             return {"median_s": sec, "iqr_s": 0.0, "min_s": sec, "max_s": sec, "n": number}
         else:  # pragma: no cover - older/newer torch: Timer.timeit (2 warm-up calls of its own)
             m = timer.timeit(number=number)
-    elif mode == "adaptive":
-        m = timer.adaptive_autorange(threshold=threshold, min_run_time=min_run_time, max_run_time=max_run_time)
     else:
         m = timer.blocked_autorange(min_run_time=min_run_time)
     t = np.asarray(m.times, dtype=float)
