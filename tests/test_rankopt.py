@@ -19,7 +19,7 @@ from lrdnb.rankopt import (RankSearch, Timing, algorithm1, curve_steps, interlea
                            optimize_ranks, paired_ratios, rank_range, rounded_plan, split_settings, sweep,
                            time_callable, top_candidates)
 from lrdnb.rankopt.measure import paired_rounds, shape_module
-from lrdnb.rankopt.select import fastest, paired_table, settled
+from lrdnb.rankopt.select import contract_choice, paired_table, settled
 from lrdnb.rankopt.staircase import coarse_grid
 
 
@@ -376,8 +376,12 @@ def test_paired_rounds_rotate_settle_and_stop():
 def test_settled_and_fastest_and_paired_table():
     assert settled([1.1, 1.02], 5) and not settled([0.9, 1.1], 5) and not settled([0.9] * 5, 5)
     assert settled([0.99, 0.995, 0.99], 5, min_drop=0.02)  # a FLOP-slope pair, not a step
-    best, st = fastest({"in": [1, 1, 1], "a": [0.9, 0.95, 1.1], "b": [0.9, 0.95, 1.1]}, ["a", "b", "in"])
-    assert best == "a" and st["a"]["won"] == pytest.approx(2 / 3)  # exact tie: the first preferred
+    q = {"searched": [0.9, 0.95, 1.1, 0.9, 0.9], "in": [1] * 5, "rounded": [0.92, 0.94, 0.9, 0.93, 0.91]}
+    best, st = contract_choice(q, "searched")  # faster than rounded in only 3 of 5 rounds: not confirmed
+    assert best == "rounded" and st["searched"]["won"] == pytest.approx(4 / 5)
+    q["searched"] = [0.8, 0.85, 0.88, 0.8, 0.95]  # 4 of 5 faster than rounded, median lower: confirmed
+    assert contract_choice(q, "searched")[0] == "searched" and contract_choice(q, "searched", 1.0)[0] == "rounded"
+    assert contract_choice({"in": [1, 1], "rounded": [0.9, 0.9]}, "searched")[0] == "rounded"
     t = paired_table({10: [0.8, 0.9, 1.05]})
     assert list(t.columns[:3]) == ["candidate", "above", "ratio"] and t.loc[0, "faster"] == pytest.approx(2 / 3)
 
@@ -585,7 +589,7 @@ def test_whole_model_check_returns_the_baseline_when_the_search_is_fooled(net):
     assert chk["same_as"] == {"input": "searched"}  # the search returned the input plan's ranks
     assert chk["chosen"] == "rounded_x8" and new["c2"].ranks == [32, 32]
     assert chk["plans"]["searched"]["median"] > chk["plans"]["rounded_x8"]["median"]
-    assert "whole-model check: the rounded_x8 plan was fastest" in new["c2"].reason
+    assert "whole-model check returned the rounded_x8 plan: the searched plan was not confirmed faster" in new["c2"].reason
 
 
 def test_check_skips_identical_plans_and_multi_input_examples(net):

@@ -7,7 +7,8 @@
 
 Then the contract: the searched plan, the input plan and the input plan's ranks rounded down to
 the search grid (rank quantization, the layers-targeted paper) are timed as whole models in paired
-rounds, and the fastest is returned (:func:`lrdnb.rankopt.verify.check_plans`).
+rounds; the searched plan is returned where the rounds confirm it is the fastest, else the faster
+baseline (:func:`lrdnb.rankopt.verify.check_plans`).
 """
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ def optimize_ranks(
     Each distinct layer signature is searched once (repeated layers and repeated runs read the
     timing cache). The returned plan is, in the pass it optimizes, not slower than ``plan`` nor
     than ``plan`` with its ranks rounded down to a multiple of ``search.grid``: all three are
-    timed as whole models in paired rounds and the fastest is returned (skipped when
+    timed as whole models in paired rounds, and the searched plan is returned only where the
+    rounds confirm it is faster than both, else the faster of the two (skipped when
     ``search.check_rounds == 0`` or ``example`` is not one tensor).
 
     Args:
@@ -206,15 +208,16 @@ def rounded_plan(plan: Plan, grid: int) -> Plan:
 
 def _contract(model: nn.Module, example: Any, plan: Plan, searched: Plan, search: RankSearch,
               t: ResolvedTiming) -> tuple[Plan, dict]:
-    """The fastest of the searched plan, the input plan and its grid-rounded ranks (whole models,
-    paired rounds); the searched plan with a note where no check can run."""
+    """The searched plan where whole-model paired rounds confirm it beats the input plan and its
+    grid-rounded ranks, else the faster of those two; the searched plan with a note where no
+    check can run."""
     if search.check_rounds == 0:
         return searched, {"skipped": "check_rounds=0"}
     if not isinstance(example, torch.Tensor):
         return searched, {"skipped": "the example is not one tensor (whole-model timing needs model(example))"}
     cands = {"searched": searched, "input": plan, f"rounded_x{search.grid}": rounded_plan(plan, search.grid)}
     t0 = time.perf_counter()
-    name, record = check_plans(model, example, cands, "input", t, search.check_rounds)
+    name, record = check_plans(model, example, cands, "input", t, search.check_rounds, search.confirm)
     record["seconds"] = round(time.perf_counter() - t0, 3)
     if name == "searched":
         return searched, record
@@ -222,9 +225,10 @@ def _contract(model: nn.Module, example: Any, plan: Plan, searched: Plan, search
     out.meta = dict(searched.meta)
     st = record["plans"]
     for s in out.decomposed:
-        new = s.with_ranks(s.ranks, s.method, f"{s.reason}; whole-model check: the {name} plan was "
-                           f"fastest (median {st[name]['median']:.3f} of the input plan's time, searched "
-                           f"{st['searched']['median']:.3f}, {record['rounds']} paired rounds)")
+        new = s.with_ranks(s.ranks, s.method, f"{s.reason}; whole-model check returned the {name} plan: the "
+                           f"searched plan was not confirmed faster (time / input plan's, median of "
+                           f"{record['rounds']} paired rounds: {name} {st[name]['median']:.3f}, searched "
+                           f"{st['searched']['median']:.3f})")
         src = searched[s.name]  # the layer times the search measured, where they apply
         new.time_original = src.time_original
         new.time_decomposed = src.time_decomposed if (src.method, src.ranks) == (s.method, s.ranks) else None

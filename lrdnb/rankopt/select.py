@@ -10,7 +10,7 @@
   reconstruction error under a total time budget by Lagrangian relaxation.
 
 :func:`lrdnb.rankopt.optimize_ranks` measures the curves and applies these to a plan;
-:func:`confirmed` and :func:`settled` judge paired re-timings, :func:`fastest` the final check.
+:func:`confirmed` and :func:`settled` judge paired re-timings, :func:`contract_choice` the final check.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["VARIANTS", "SMOOTHERS", "step_table", "top_candidates", "algorithm1", "confirmed", "settled",
-           "paired_table", "fastest", "curve_steps", "joint_select"]
+           "paired_table", "contract_choice", "curve_steps", "joint_select"]
 
 VARIANTS = ("paper", "relative")
 SMOOTHERS = (None, "median3", "median5", "consistent")
@@ -158,22 +158,32 @@ def settled(ratios: Sequence[float], rounds: int, confirm: float = 0.8, min_drop
                                                       and np.median(ratios) > 1 - min_drop)
 
 
-def fastest(q: Mapping[str, Sequence[float]], prefer: Sequence[str]) -> tuple[str, dict[str, dict[str, float]]]:
-    """The fastest of several whole-model candidates from paired rounds against one of them.
+def contract_choice(q: Mapping[str, Sequence[float]], searched: str, confirm: float = 0.8
+                    ) -> tuple[str, dict[str, dict[str, float]]]:
+    """The plan a whole-model check returns: the searched plan only where paired rounds confirm it
+    is faster than every other candidate (faster in ``confirm`` of the rounds, median ratio below
+    1); otherwise the fastest other candidate (lowest median), so that noise never trades a
+    baseline for a plan that is not shown to be faster.
 
-    ``q[name]``: per-round ratios ``t(name) / t(reference)`` (the reference's own are 1). The
-    candidate with the lowest median ratio wins; exact ties go to the earliest in ``prefer``.
-    Returns the winner and per candidate ``{median, min, max, won}`` (``won``: fraction of rounds
-    faster than the reference).
+    ``q[name]``: per-round ratios ``t(name) / t(reference)`` (the reference's are 1). Returns the
+    choice and per candidate ``{median, min, max, won}`` (``won``: fraction of rounds faster than
+    the reference).
 
     Example:
-        >>> fastest({"plan": [1, 1, 1], "searched": [0.9, 0.95, 1.02]}, ["searched", "plan"])[0]
-        'searched'
+        >>> q = {"searched": [0.90, 0.91, 0.95], "input": [1, 1, 1], "rounded": [0.92, 0.90, 0.99]}
+        >>> contract_choice(q, "searched")[0], contract_choice(q, "searched", confirm=0.6)[0]
+        ('rounded', 'searched')
     """
     stats = {n: {"median": float(np.median(v)), "min": float(min(v)), "max": float(max(v)),
                  "won": float(np.mean(np.asarray(v) < 1.0))} for n, v in q.items()}
-    best = min(prefer, key=lambda n: (stats[n]["median"], list(prefer).index(n)))
-    return best, stats
+    others = [n for n in q if n != searched]
+    best = min(others, key=lambda n: (stats[n]["median"], others.index(n)))
+    if searched not in q:
+        return best, stats
+    mine = np.asarray(q[searched])
+    ok = all(np.mean(mine / np.asarray(q[n]) < 1.0) >= confirm and np.median(mine / np.asarray(q[n])) < 1.0
+             for n in others)
+    return (searched if ok else best), stats
 
 
 def algorithm1(

@@ -23,7 +23,7 @@ from ..plan import Plan
 from ..provenance import device_name
 from .config import ResolvedTiming
 from .measure import LayerBench, benchmark_timer, calls_for, make_runner, paired_rounds, shape_module
-from .select import confirmed, fastest, paired_table, settled
+from .select import confirmed, contract_choice, paired_table, settled
 from .sweep import LayerCurves
 
 __all__ = ["verify_steps", "original_faster", "shape_model", "check_plans"]
@@ -78,12 +78,15 @@ def shape_model(model: nn.Module, plan: Plan, frozen: Mapping[str, Sequence[str]
 
 
 def check_plans(model: nn.Module, example: Any, plans: Mapping[str, Plan], reference: str, t: ResolvedTiming,
-                rounds: int) -> tuple[str, dict[str, Any]]:
+                rounds: int, confirm: float = 0.8) -> tuple[str, dict[str, Any]]:
     """Time the whole model decomposed by each plan in paired round-robin rounds (the protocol of
-    Table 1) and return the fastest plan's name with the comparison.
+    Table 1) and return the name of the plan to use with the comparison: the first plan (the
+    searched one) where the rounds confirm it is the fastest, else the fastest of the others
+    (:func:`lrdnb.rankopt.select.contract_choice`).
 
     Plans with identical ranks are timed once. Rounds stop early, after 3, once every two plans
-    were on the same side of each other in every round (the order cannot be a coin's). The example must be one tensor. The
+    were on the same side of each other in every round (the order cannot be a coin's), or once
+    the first plan can no longer be confirmed faster than the others. The example must be one tensor. The
     per-round ratios are cached (:mod:`lrdnb.rankopt.cache`, under the plans' ranks and the example's
     shape), so a warm run replays the decision.
 
@@ -106,14 +109,14 @@ def check_plans(model: nn.Module, example: Any, plans: Mapping[str, Plan], refer
     ratios = store.read()
     record["cached"] = ratios is not None
     if ratios is None:
-        ratios = _time_plans(model, example, {n: plans[n] for n in names}, ref, t, rounds)
+        ratios = _time_plans(model, example, {n: plans[n] for n in names}, ref, t, rounds, names[0], confirm)
         store.write(ratios)
-    best, stats = fastest(ratios, names)
+    best, stats = contract_choice(ratios, names[0], confirm)
     return best, record | {"rounds": len(ratios[ref]), "plans": stats, "chosen": best}
 
 
 def _time_plans(model: nn.Module, example: torch.Tensor, plans: Mapping[str, Plan], ref: str, t: ResolvedTiming,
-                rounds: int) -> dict[str, list[float]]:
+                rounds: int, first: str, confirm: float) -> dict[str, list[float]]:
     """Per plan, per-round ratios ``t(plan) / t(ref)`` of whole-model runs (``ref``'s are 1)."""
     timer = t.timer or benchmark_timer
     runners = {n: make_runner(shape_model(model, p, t.frozen), tuple(example.shape), t.pass_, t.device, t.dtype,
@@ -124,10 +127,16 @@ def _time_plans(model: nn.Module, example: torch.Tensor, plans: Mapping[str, Pla
     number = calls_for(max(timer(fn, 1, t.threads) for fn in runners.values()), t.min_run_time)
     pairs = [(n, ref) for n in plans if n != ref]
 
-    def done(q: dict) -> bool:  # every two plans on the same side of each other in every round so far
-        r = [v for v in q.values()] + [[1.0] * len(next(iter(q.values())))]
-        return len(r[0]) >= 3 and all(max(x / y for x, y in zip(a, b)) < 1 or min(x / y for x, y in zip(a, b)) > 1
-                                      for i, a in enumerate(r) for b in r[i + 1:])
+    need = int(np.ceil(confirm * rounds - 1e-9))
+
+    def done(q: dict) -> bool:
+        r = {a: v for (a, _), v in q.items()} | {ref: [1.0] * len(next(iter(q.values())))}
+        lost = max(sum(x >= y for x, y in zip(r[first], r[n])) for n in r if n != first)
+        if lost > rounds - need and len(r[ref]) >= 3:  # the first plan can no longer be confirmed the fastest
+            return True
+        v = list(r.values())  # every two plans on the same side of each other in every round so far
+        return len(v[0]) >= 3 and all(max(x / y for x, y in zip(a, b)) < 1 or min(x / y for x, y in zip(a, b)) > 1
+                                      for i, a in enumerate(v) for b in v[i + 1:])
 
     q = paired_rounds(runners, pairs, rounds, timer, number, t.threads, stop=done)
     return {a: v for (a, _), v in q.items()} | {ref: [1.0] * len(q[pairs[0]])}
