@@ -12,7 +12,8 @@ Example:
 from .decompose import apply, decompose, load, save
 from .freezing import NoFreezing, RegularFreezing, SequentialFreezing, make_schedule
 from .layers import FactorizedConv2d, FactorizedLinear, Tucker2Conv2d, factor_roles, is_factorized
-from .plan import LayerSpec, Plan, plan
+from .plan import plan
+from .spec import LayerSpec, Plan
 from .rankopt import RankSearch, Timing, optimize_ranks
 from .train import evaluate, fit
 

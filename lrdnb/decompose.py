@@ -14,7 +14,8 @@ from torch import nn
 
 from .factors import svd_factors, tucker2_factors
 from .layers import FactorizedConv2d, FactorizedLinear, Tucker2Conv2d, build_factorized, is_factorized
-from .plan import LayerSpec, Plan, candidate_layers, check_model, layer_spec, plan as make_plan
+from .plan import candidate_layers, check_model, layer_spec, plan as make_plan
+from .spec import LayerSpec, Plan
 
 __all__ = [
     "WEIGHT_METHODS",

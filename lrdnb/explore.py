@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from . import ranks as R
-from .plan import LayerSpec, Plan, cost
+from .spec import LayerSpec, Plan, cost
 from .rankopt import Timing, algorithm1, joint_select, rank_range, sweep
 
 TIMING_FIELDS = {f for f in Timing.__dataclass_fields__ if f != "pass_"}

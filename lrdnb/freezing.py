@@ -50,7 +50,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
-import torch
 from torch import nn
 
 from .layers import FACTOR_ROLES, factor_roles, is_factorized

@@ -12,9 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
-from ..plan import LayerSpec
+from ..spec import LayerSpec
 from ..provenance import provenance, resolve_device
 from ..rankopt import Timing, algorithm1, curve_arrays, curve_steps, rank_range, sweep, top_candidates
 from ..rankopt.measure import LayerBench

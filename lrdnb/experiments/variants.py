@@ -32,7 +32,8 @@ from .. import rankopt
 from ..decompose import apply
 from ..freezing import FreezingSchedule, make_schedule
 from ..paper import METHOD_LABELS
-from ..plan import Plan, plan as make_plan
+from ..plan import plan as make_plan
+from ..spec import Plan
 
 __all__ = ["METHODS", "BASELINES", "BASELINE_OF", "LABELS", "Variant", "build_variants"]
 

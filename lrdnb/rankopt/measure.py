@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..layers import FACTOR_ROLES, build_factorized
-from ..plan import LayerSpec
+from ..spec import LayerSpec
 from ..provenance import resolve_device
 from ..ranks import tucker2_pair
 from .config import PASSES, ResolvedTiming
@@ -364,7 +364,7 @@ def shape_module(spec: LayerSpec | Mapping[str, Any], method: str, ranks: Sequen
     ``frozen`` factor roles get ``requires_grad=False``.
 
     Example:
-        >>> from lrdnb.plan import LayerSpec
+        >>> from lrdnb.spec import LayerSpec
         >>> s = LayerSpec("c", "conv2d", [8, 8, 3, 3], False, [1, 8, 4, 4], method="tucker2", ranks=[4, 4])
         >>> shape_module(s, "tucker2", [4, 2], frozen=["first"]).first.weight.requires_grad
         False

@@ -24,7 +24,7 @@ from torch import nn
 from .. import ranks as R
 from .cache import as_cache
 from ..factors import svd_error_curve, tucker2_error_curve
-from ..plan import LayerSpec, Plan
+from ..spec import LayerSpec, Plan
 from .config import RankSearch, ResolvedTiming, Timing
 from .select import joint_select
 from .staircase import LayerChoice, search_layer

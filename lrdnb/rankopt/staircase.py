@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..plan import LayerSpec
+from ..spec import LayerSpec
 from ..ranks import beta_of
 from .config import RankSearch, ResolvedTiming
 from .measure import ORDERS, LayerBench, visit_order

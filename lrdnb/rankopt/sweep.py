@@ -17,7 +17,7 @@ import torch
 
 from .. import ranks as R
 from .cache import as_cache, timing_key
-from ..plan import LayerSpec
+from ..spec import LayerSpec
 from ..provenance import device_name
 from .config import ResolvedTiming, Timing
 from .measure import ORDERS, LayerBench, visit_order

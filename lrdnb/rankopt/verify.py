@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .cache import as_cache, timing_key
-from ..plan import Plan
+from ..spec import Plan
 from ..provenance import device_name
 from .config import ResolvedTiming
 from .measure import LayerBench, benchmark_timer, calls_for, make_runner, paired_rounds, shape_module
