@@ -90,10 +90,11 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     import pandas as pd
 
-    df = pd.DataFrame(run(a.model, a.size, a.batch, a.rounds, a.threads, a.channels_last))
-    name = "rankopt_cost" + ("_channels_last" if a.channels_last else "")
+    # provenance at the start: its load average is the machine's before the run
     meta = provenance("cpu", model=a.model, size=a.size, batch=a.batch, rounds=a.rounds, threads=a.threads,
                       channels_last=a.channels_last, weights="random")
+    df = pd.DataFrame(run(a.model, a.size, a.batch, a.rounds, a.threads, a.channels_last))
+    name = "rankopt_cost" + ("_channels_last" if a.channels_last else "")
     write_results(df, name, meta, folder=a.out)
     cols = ["run", "round", "seconds", "ratio_to_plain", "search_over_plain", "check_over_plain", "check_rounds",
             "check_chosen", "timings", "layers_kept_original", "params_ratio", "load_before"]

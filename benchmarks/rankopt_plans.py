@@ -155,12 +155,13 @@ def main() -> None:
         ap.error("--plans, --rounds and --calls must be >= 1")
     torch.set_num_threads(a.threads)
     cl = not a.nchw
+    # provenance at the start: its load average is the machine's before the run
+    meta = provenance("cpu", model=a.model, size=a.size, batch=a.batch, plans=a.plans, rounds=a.rounds,
+                      calls=a.calls, threads=a.threads, channels_last=cl, load=a.load, weights="random", seed=a.seed)
     models, plans, cost = build(a.model, a.size, a.batch, a.plans, a.threads, a.seed, a.load, channels_last=cl)
     df, raw = measure(models, a.size, a.batch, a.rounds, a.calls, a.threads, channels_last=cl)
     for c in ("search_s", "check_s", "check_chosen"):
         df[c] = df["variant"].map({k: v[c] for k, v in cost.items()})
-    meta = provenance("cpu", model=a.model, size=a.size, batch=a.batch, plans=a.plans, rounds=a.rounds,
-                      calls=a.calls, threads=a.threads, channels_last=cl, load=a.load, weights="random", seed=a.seed)
     meta.update(search=cost, rounds_raw=raw, plans={k: {s.name: [s.method, s.ranks] for s in p} for k, p in plans.items()})
     write_results(df, name, meta, folder=a.out)
     save_figure(plot(df), name, meta, folder=a.figures)

@@ -99,13 +99,18 @@ def _pct(x: float) -> float:
 
 
 def _table1(df: pd.DataFrame) -> dict[str, Any]:
+    from .experiments.variants import LABELS
+
     m = df[df["model"] == df["model"].iloc[0]].set_index("method")
     out: dict[str, Any] = {"model": df["model"].iloc[0]}
-    for k in ("combined", "rank_opt", "lrd", "freezing"):
+    for k in ("combined", "rank_opt", "lrd", "freezing", "rank_quant", "rank_quant_freezing"):
         if k in m.index:
-            out[f"{paper.METHOD_LABELS[k]} training speed-up (%)"] = float(m.loc[k, "train_delta_pct"])
+            out[f"{LABELS[k]} training speed-up (%)"] = float(m.loc[k, "train_delta_pct"])
     if "combined" in m.index and "infer_delta_pct" in m:
         out["Combined inference speed-up (%)"] = float(m.loc["combined", "infer_delta_pct"])
+    for k, base in (("rank_opt", "Rank quant."), ("combined", "Rank quant. + Freezing")):
+        if k in m.index and "train_vs_baseline_pct" in m and pd.notna(m.loc[k, "train_vs_baseline_pct"]):
+            out[f"{LABELS[k]} vs {base}, training (%)"] = float(m.loc[k, "train_vs_baseline_pct"])
     return out
 
 

@@ -178,8 +178,10 @@ def readme_block(root: str | Path, tag: str = "cpu") -> str:
     t1 = data / f"table1_throughput_{tag}.csv"
     if t1.exists():
         df, p = pd.read_csv(t1), paper.table1().set_index(["model", "method"])["train_delta_pct"]
-        methods = ("lrd", "rank_opt", "freezing", "combined")
-        rows = [{"model": paper.MODEL_LABELS.get(m, m), **{paper.METHOD_LABELS[k]: _pm(
+        from .experiments.variants import LABELS
+
+        methods = ("lrd", "rank_opt", "freezing", "combined", "rank_quant", "rank_quant_freezing")
+        rows = [{"model": paper.MODEL_LABELS.get(m, m), **{LABELS[k]: _pm(
             float(d.loc[k, "train_delta_pct"]), p.get((m, k), float("nan"))) for k in methods if k in d.index}}
             for m, d in ((m, g.set_index("method")) for m, g in df.groupby("model", sort=False))]
         out.append("**Table 1**, training speed-up over the original, %:\n\n" + _md(pd.DataFrame(rows)))
