@@ -292,6 +292,7 @@ def throughput_table(
                       freezing=freezing, combined_freezing=combined_freezing, weights=weights,
                       min_run_time=None if calls else min_run_time, calls=calls or None,
                       channels_last=channels_last, seed=seed)
+    meta["threads"] = int(threads or torch.get_num_threads())  # what the timings and rank search ran with
     meta.update(build_s=build_s, plans=plans, rounds=raw_rows,
                 units={"img_s": "images/s", "delta_pct": "% vs reference (median of per-round paired ratios)",
                        "gmacs": "GMACs per image (FlopCounterMode FLOPs / 2)"})
