@@ -50,6 +50,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
+import torch  # noqa: F401 (the module docstring example uses it)
 from torch import nn
 
 from .layers import FACTOR_ROLES, factor_roles, is_factorized

@@ -27,8 +27,8 @@ def test_readme_usage_snippet_runs(tmp_path, monkeypatch):
     exec(compile(block, str(README), "exec"), ns)
     plan, small = ns["plan"], ns["small"]
     assert "rank_optimization" in plan.meta and plan.summary()["params_ratio"] < 0.7
-    assert small(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     back, p2 = lrdnb.load("small.pt", ns["torchvision"].models.resnet18(num_classes=10))
     assert p2.to_dict() == plan.to_dict()
     for (n, a), (_, b) in zip(small.state_dict().items(), back.state_dict().items()):
         assert torch.equal(a, b), n
+    assert small.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)

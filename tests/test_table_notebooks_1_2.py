@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lrdnb.experiments.variants import METHODS
+from lrdnb.experiments.variants import BASELINES, METHODS
 from lrdnb.profiles import profile_params
 from lrdnb.results import read_results
 
@@ -36,7 +36,7 @@ def test_table1_notebook_smoke(tmp_path):
     models = profile_params(T1, "smoke")["models"]
     assert sorted(set(df["model"])) == sorted(models)
     for m, d in df.groupby("model"):
-        assert d["method"].tolist() == list(METHODS), m
+        assert d["method"].tolist() == list(METHODS + BASELINES), m
         d = d.set_index("method")
         assert (d["train_img_s"] > 0).all() and (d["infer_img_s"] > 0).all()
         assert d.loc["lrd", "params_ratio"] == pytest.approx(0.5, abs=0.05)
