@@ -36,7 +36,7 @@ def file_meta(path: str | Path) -> dict[str, Any]:
 
 
 def archive_key(meta: dict[str, Any], commit: str | None = None) -> str:
-    """``2026-12-03T1318_2f89682``: the measurement's UTC date and minute, and the commit that made it."""
+    """``<YYYY-MM-DD>T<HHMM>_<sha>``: the measurement's UTC date and minute, and the commit that made it."""
     date = str(meta.get("date") or "undated")[:16].replace(":", "")
     return f"{date}_{commit or meta.get('commit') or 'nocommit'}"
 

@@ -84,7 +84,7 @@ def read_meta(folder: str | Path, stem: str) -> dict[str, Any] | None:
 
 
 def source_line(meta: dict[str, Any] | None) -> str:
-    """``"cpu:AMD EPYC, 2026-12-03, commit 2f89682"``: where and when a result was measured."""
+    """``"<device>, <YYYY-MM-DD>, commit <sha>"``: where and when a result was measured."""
     if not meta:
         return "no result"
     commit = meta.get("commit")
