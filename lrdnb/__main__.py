@@ -154,6 +154,9 @@ def reproduce(profile: str = "cpu", only: str | None = None, out: str | Path | N
 
     if profile not in PROFILES:
         raise SystemExit(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
+    if not NOTEBOOK_DIR.is_dir():
+        raise SystemExit(f"no notebooks at {NOTEBOOK_DIR}: run reproduce from a clone of the lrdnb repository "
+                         "(cd into it), or set LRDNB_ROOT to the clone")
     out = Path(out).resolve() if out else out_dir(profile)
     out.mkdir(parents=True, exist_ok=True)
     given = {"profile": profile, "data_dir": str(out / "data"), "figures_dir": str(out / "figures"),

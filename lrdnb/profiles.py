@@ -58,8 +58,17 @@ def profile_params(notebook: str, profile: str, path: str | Path = PROFILES_FILE
 
 
 def repo_root() -> Path:
-    """The repository holding the notebooks: ``$LRDNB_ROOT`` if set, else the folder above this package."""
-    return Path(os.environ.get("LRDNB_ROOT") or Path(__file__).resolve().parent.parent)
+    """The repository holding the notebooks: ``$LRDNB_ROOT`` if set; else the folder above this
+    package when it holds ``notebooks/`` (an editable install in a clone); else the current
+    directory when it does (a clone, with lrdnb installed elsewhere); else the folder above the
+    package (where ``reproduce`` then says that no notebooks were found)."""
+    if os.environ.get("LRDNB_ROOT"):
+        return Path(os.environ["LRDNB_ROOT"])
+    above = Path(__file__).resolve().parent.parent
+    for cand in (above, Path.cwd()):
+        if (cand / "notebooks" / "profiles.yaml").exists():
+            return cand
+    return above
 
 
 def out_dir(profile: str) -> Path:

@@ -84,3 +84,9 @@ def test_provenance_records_commit_and_load():
     load = load_average()
     assert load is None or len(load) == 3
     assert {"end_date", "load_end"} <= set(finish(meta))
+
+
+def test_reproduce_outside_a_clone_says_where_to_run(monkeypatch, tmp_path):
+    monkeypatch.setattr(cli, "NOTEBOOK_DIR", tmp_path / "notebooks")
+    with pytest.raises(SystemExit, match="no notebooks at .*run reproduce from a clone.*LRDNB_ROOT"):
+        cli.reproduce("smoke")
