@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-import pandas as pd
 
 from ..spec import LayerSpec
 from ..ranks import beta_of
 from .config import RankSearch, ResolvedTiming
 from .measure import ORDERS, LayerBench, visit_order
 from .select import algorithm1, top_candidates
-from .sweep import LayerCurves
+from .sweep import LayerCurves, repeats_matrix
 from .verify import original_faster, verify_steps
 
 __all__ = ["coarse_grid", "LayerChoice", "search_layer"]
@@ -66,7 +65,6 @@ class LayerChoice:
     reason: str
     t_chosen: float  # seconds per call (reference-normalised), the original's when kept
     T: float  # the original layer's
-    verified: pd.DataFrame | None  # paired step checks
     timings: int  # measurements taken now (0 on a warm run)
 
 
@@ -89,9 +87,7 @@ def _values(store: LayerCurves, ranks: list[int]) -> tuple[np.ndarray, np.ndarra
     """(ranks ascending, per-repeat times ``[repeats, ranks]`` in units of the original's) from
     the cache (rows with fewer repeats padded with their median)."""
     asc = sorted(ranks)
-    q = [store.ratios(store.method, r) for r in asc]
-    n = max(len(v) for v in q)
-    return np.asarray(asc), np.array([v + [float(np.median(v))] * (n - len(v)) for v in q]).T
+    return np.asarray(asc), repeats_matrix([store.ratios(store.method, r) for r in asc])
 
 
 def search_layer(spec: LayerSpec, ranks: Sequence[int], search: RankSearch, t: ResolvedTiming,
@@ -143,4 +139,4 @@ def search_layer(spec: LayerSpec, ranks: Sequence[int], search: RankSearch, t: R
     if choice is not None:
         why += f"; {1 - ratio:.0%} faster than the original" if ratio < 1 else f"; {ratio - 1:.0%} slower than the original, not confirmed in pairs"
     T = float(store.rows[(t.pass_, "keep", 0)]["norm_s"])
-    return LayerChoice(choice, why, T * ratio, T, verified, benches[0].count if benches else 0)
+    return LayerChoice(choice, why, T * ratio, T, benches[0].count if benches else 0)

@@ -9,11 +9,10 @@ weights (:func:`lrdnb.rankopt.measure.shape_module`) and never decomposed. Curve
 from __future__ import annotations
 
 import random
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .. import ranks as R
 from .cache import as_cache, timing_key
@@ -22,7 +21,7 @@ from ..provenance import device_name
 from .config import ResolvedTiming, Timing
 from .measure import ORDERS, LayerBench, visit_order
 
-__all__ = ["rank_range", "sweep", "per_repeat", "curve_arrays", "LayerCurves"]
+__all__ = ["rank_range", "sweep", "per_repeat", "repeats_matrix", "curve_arrays", "LayerCurves"]
 
 
 def rank_range(spec: LayerSpec, alpha: float | None = None, beta: float | None = None,
@@ -187,9 +186,13 @@ def sweep(
 def per_repeat(df: pd.DataFrame, column: str = "ratios") -> np.ndarray:
     """Per-repeat values of a sweep frame's ``times_s`` or ``ratios`` column as ``[repeats, rows]``
     (rows in frame order); rows with fewer repeats are padded with their median."""
-    vals = [[float(x) for x in str(s).split(";") if x] for s in df[column]]
+    return repeats_matrix([[float(x) for x in str(s).split(";") if x] for s in df[column]])
+
+
+def repeats_matrix(vals: Sequence[Sequence[float]]) -> np.ndarray:
+    """Per-row repeat values as ``[repeats, rows]``, rows with fewer repeats padded with their median."""
     n = max(len(v) for v in vals)
-    return np.array([v + [float(np.median(v))] * (n - len(v)) for v in vals]).T
+    return np.array([list(v) + [float(np.median(v))] * (n - len(v)) for v in vals]).T
 
 
 def curve_arrays(df: pd.DataFrame, pass_: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
