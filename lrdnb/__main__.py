@@ -1,6 +1,6 @@
 """Command line of the reproduction.
 
-``python -m lrdnb reproduce [--profile cpu|smoke|paper] [--only fig2,table1] [--out DIR] [--force] [--publish]``
+``python -m lrdnb reproduce [--profile cpu|cpu-full|smoke|paper] [--only fig2,table1] [--out DIR] [--force] [--publish]``
     Runs the paper notebooks headless (papermill), in order, with a profile (``notebooks/profiles.yaml``).
     Results and figures land in ``out/<profile>/`` (``data/``, ``figures/``, executed notebooks), never on
     the committed reference; a notebook that finished is skipped on the next run (interrupt and rerun
@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from .profiles import PROFILES, out_dir, repo_root
+from .profiles import PROFILES, TAGS, out_dir, repo_root
 from .reference import ARTIFACTS, comparison
 from .results import atomic_write_text
 
@@ -210,7 +210,7 @@ def _report(summary: list[dict], names: list[str], out: Path, profile: str) -> N
         print(f"  {row['notebook']:8s} {row['status']}{secs} -> {row['file']}")
     print(f"\nOurs ({out}) beside the committed reference (data/) and the paper:\n")
     for name in names:
-        print(comparison(name, (out / "data", profile), (ROOT / "data", "cpu")) + "\n")
+        print(comparison(name, (out / "data", TAGS.get(profile, profile)), (ROOT / "data", "cpu")) + "\n")
     if profile != "smoke":
         print(f"To make this run the reference: python -m lrdnb publish {out}")
 

@@ -98,77 +98,82 @@ def plot_decomposition_time(ours: pd.DataFrame, paper: pd.DataFrame | None = Non
 
 def plot_convergence(
     df: pd.DataFrame,
-    summary: pd.DataFrame | None = None,
-    start_acc: float | None = None,
+    seeds: pd.DataFrame | None = None,
+    comparison: dict | None = None,
     reference_acc: float | None = None,
     title: str | None = None,
 ):
-    """Fig. 3: test accuracy per fine-tuning epoch, one line per freezing schedule, and (with
-    ``summary``) epochs to the target accuracy beside the paper's.
+    """Fig. 3 over seeds: test accuracy per fine-tuning epoch per freezing schedule (mean line,
+    min-max band, thin per-seed lines) and, with ``seeds``, each seed's epochs to the target as a
+    fraction of the budget beside the paper's single run.
 
-    Colours follow the paper (sequential black, regular red). With ``summary``
-    (:func:`lrdnb.experiments.fig3.summarize`) the target accuracy is drawn, the epoch each
-    schedule first reaches it is marked, and a second panel compares the epochs to the target,
-    as a fraction of the fine-tuning budget, with the paper's (95% on CIFAR-10, 30 epochs).
+    Colours follow the paper (sequential black, regular red).
 
     Args:
-        df: :func:`lrdnb.experiments.fig3.freezing_convergence`'s table (``schedule``,
-            ``epochs_done``, ``test_acc``).
-        summary: per-schedule summary with ``target_acc`` and ``epochs_to_target``.
-        start_acc: accuracy right after decomposition, drawn at epoch 0 for every schedule.
-        reference_acc: accuracy of the undecomposed model, drawn as a horizontal line.
+        df: :func:`lrdnb.experiments.fig3.freezing_convergence`'s table (``schedule, seed,
+            epochs_done, test_acc``; ``epochs_done`` 0 = right after decomposition).
+        seeds: :func:`lrdnb.experiments.fig3.per_seed` (``target_acc``, ``epochs_to_target``).
+        comparison: :func:`lrdnb.experiments.fig3.compare`, written under the second panel.
+        reference_acc: accuracy of the undecomposed reference, drawn as a horizontal line.
     """
     colors = {"sequential": "black", "regular": "tab:red", "none": "tab:blue"}
-    with_paper = summary is not None and len(summary) and "paper_epochs_to_target" in summary
-    fig, axes = plt.subplots(1, 2 if with_paper else 1, figsize=(10.5 if with_paper else 6.4, 4.0), squeeze=False,
-                             gridspec_kw={"width_ratios": [3, 2]} if with_paper else None)
+    two = seeds is not None and len(seeds)
+    fig, axes = plt.subplots(1, 2 if two else 1, figsize=(11 if two else 6.4, 4.2), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 2]} if two else None)
     ax = axes[0, 0]
     for name, d in df.groupby("schedule", sort=False):
-        d = d.sort_values("epochs_done")
-        x, y = d["epochs_done"].tolist(), (100 * d["test_acc"]).tolist()
-        if start_acc is not None:
-            x, y = [0] + x, [100 * start_acc] + y
-        ax.plot(x, y, marker="o", ms=3, color=colors.get(name), label=f"{name} freezing")
+        w = d.pivot_table(index="epochs_done", columns="seed", values="test_acc", aggfunc="first") * 100
+        c = colors.get(name)
+        for col in w:
+            ax.plot(w.index, w[col], color=c, lw=0.6, alpha=0.35)
+        ax.fill_between(w.index, w.min(axis=1), w.max(axis=1), color=c, alpha=0.15, lw=0)
+        ax.plot(w.index, w.mean(axis=1), "o-", ms=3, color=c, label=f"{name} freezing (mean of {w.shape[1]} seeds, min-max band)")
     if reference_acc is not None:
-        ax.axhline(100 * reference_acc, color="tab:green", lw=0.8, label=f"undecomposed {100 * reference_acc:.2f}%")
-    if summary is not None and len(summary):
-        target = 100 * float(summary["target_acc"].iloc[0])
-        ax.axhline(target, color="gray", ls="--", lw=0.8, label=f"target {target:.2f}%")
-        for _, r in summary.iterrows():
-            if np.isfinite(r["epochs_to_target"]):
-                ax.axvline(r["epochs_to_target"], color=colors.get(r["schedule"]), ls=":", lw=0.8)
+        ax.axhline(100 * reference_acc, color="tab:green", lw=0.8, label=f"undecomposed reference {100 * reference_acc:.2f}%")
+    if two:
+        target = 100 * float(seeds["target_acc"].iloc[0])
+        ax.axhline(target, color="gray", ls="--", lw=0.8, label=f"target {target:.2f}% (fixed before fine-tuning)")
+        lo = min(target, float(df[df["epochs_done"] > 0]["test_acc"].min() * 100))
+        ax.set_ylim(lo - 1.5, max(target, 100 * float(df["test_acc"].max()), 100 * (reference_acc or 0)) + 0.8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("fine-tuning epoch (0 = right after decomposition)")
+    ax.set_xlabel("fine-tuning epoch (0 = right after decomposition, below the axis when low)")
     ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="lower right")
     if title:
         ax.set_title(title, fontsize=10)
-    if with_paper:
-        _epochs_to_target_panel(axes[0, 1], summary, colors)
+    if two:
+        _epochs_to_target_panel(axes[0, 1], seeds, colors, comparison)
     fig.tight_layout()
     return fig
 
 
-def _epochs_to_target_panel(ax, summary: pd.DataFrame, colors: dict) -> None:
-    s = summary.set_index("schedule").reindex([k for k in ("sequential", "regular") if k in set(summary["schedule"])])
-    budget = s["epochs"].astype(float) if "epochs" in s else pd.Series(np.nan, index=s.index)
-    ours = s["epochs_to_target"].astype(float) / budget
-    theirs = s["paper_epochs_to_target"].astype(float) / FIG3["epochs"]
-    x = np.arange(len(s))
-    for dx, vals, n, label, hatch in ((-0.2, ours, s["epochs_to_target"], "ours", None),
-                                      (0.2, theirs, s["paper_epochs_to_target"], "paper (V100)", "//")):
-        bars = ax.bar(x + dx, vals, 0.4, color=[colors.get(k) for k in s.index], hatch=hatch,
-                      edgecolor="white" if hatch else None, alpha=0.55 if hatch else 1.0, label=label)
-        for b, e in zip(bars, n):
-            if np.isfinite(b.get_height()):
-                ax.annotate(f"{e:.0f}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
-                            fontsize=8)
-    ax.set_xticks(x, [f"{k} freezing" for k in s.index])
-    ax.set_ylim(0, 1.1)
+def _epochs_to_target_panel(ax, seeds: pd.DataFrame, colors: dict, comparison: dict | None) -> None:
+    names = [k for k in ("sequential", "regular") if k in set(seeds["schedule"])]
+    for i, k in enumerate(names):
+        d = seeds[seeds["schedule"] == k]
+        frac = d["epochs_to_target"].astype(float) / d["epochs"].astype(float)
+        jitter = np.linspace(-0.08, 0.08, len(d)) if len(d) > 1 else np.zeros(1)
+        ax.scatter(i - 0.2 + jitter, frac, color=colors.get(k), s=22, zorder=3, label="ours, one dot per seed" if i == 0 else None)
+        if frac.notna().any():
+            ax.hlines(frac.mean(), i - 0.35, i - 0.05, color=colors.get(k), lw=2)
+        missed = int(frac.isna().sum())
+        if missed:
+            ax.annotate(f"{missed} seed(s) never reached it", (i - 0.2, 1.02), ha="center", fontsize=7)
+        paper = FIG3.get(k, {}).get("epochs_to_target", np.nan) / FIG3["epochs"]
+        ax.bar(i + 0.2, paper, 0.3, color=colors.get(k), hatch="//", edgecolor="white", alpha=0.55,
+               label="paper (one run, V100)" if i == 0 else None)
+    ax.set_xticks(range(len(names)), [f"{k} freezing" for k in names])
+    ax.set_ylim(0, 1.12)
     ax.set_ylabel("epochs to target / epochs fine-tuned")
-    ax.set_title(f"epochs to target (labels); paper: {100 * FIG3['target_acc']:.0f}% in {FIG3['epochs']} epochs",
+    ax.set_title(f"epochs to target; paper: {100 * FIG3['target_acc']:.0f}% on CIFAR-10 in {FIG3['epochs']} epochs",
                  fontsize=9)
-    ax.legend(fontsize=8, loc="upper left")
+    if comparison:
+        c = comparison
+        ax.set_xlabel(f"epochs to target, sequential / regular: {c['ratio_mean']:.2f} +- {c['ratio_ci95']:.2f}\n"
+                      f"(95% CI, {c['ratio_seeds']} seeds; paper {c['paper_ratio']:.2f}); final accuracy,\n"
+                      f"sequential - regular: {c['final_diff_pts']:+.2f} +- {c['final_diff_ci95']:.2f} pts "
+                      f"(paper {c['paper_final_diff_pts']:+.2f})", fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")
 
 
 __all__ += ["plot_convergence"]
@@ -248,70 +253,158 @@ def plot_accuracy_table(
     history: pd.DataFrame | None = None,
     compare: pd.DataFrame | None = None,
     title: str | None = None,
+    per_seed: pd.DataFrame | None = None,
 ):
-    """Tables 3 / 4: fine-tuning curves per method, accuracy drop and training speed-up vs the paper.
+    """Tables 3 / 4 over seeds: fine-tuning curves per method, accuracy drop and training speed-up.
 
-    One row of panels per model in ``ours``: test accuracy per fine-tuning epoch (epoch 0 = right
-    after decomposition), accuracy drop vs the original, training speed-up vs the original (the
-    round-robin ``train_speedup_rr`` as bars with min-max whiskers where measured, the
-    fine-tuning runs' ``train_speedup_pct`` as marks).
+    One row of panels per model in ``ours``: test accuracy per fine-tuning epoch (mean and
+    min-max band over seeds; epoch 0 = right after decomposition), the drop vs the original (bars:
+    mean +- sd of the per-seed paired drops, dots: seeds, diamonds: the paper's one run) and the
+    training speed-up (the round-robin ``train_speedup_rr`` with min-max whiskers where measured).
 
     Args:
         ours: :func:`lrdnb.experiments.accuracy.accuracy_table`'s table (one or more models).
         history: its per-epoch table; ``None`` leaves out the curves panels.
-        compare: :func:`lrdnb.experiments.accuracy.side_by_side` (paper bars); ``None`` = ours only.
+        compare: :func:`lrdnb.experiments.accuracy.side_by_side` (the paper's values); ``None`` = ours only.
+        per_seed: its per-seed table (dots on the drop panel).
     """
     models = list(dict.fromkeys(ours["model"])) if "model" in ours else [None]
     panels = (["curves"] if history is not None else []) + ["drop", "speed"]
-    fig, grid = plt.subplots(len(models), len(panels), figsize=(4.6 * len(panels), 3.6 * len(models)), squeeze=False)
+    fig, grid = plt.subplots(len(models), len(panels), figsize=(4.8 * len(panels), 3.8 * len(models)), squeeze=False)
     for row, model in enumerate(models):
         sel = (lambda d: d if model is None or d is None else d[d["model"] == model])
-        _accuracy_row(dict(zip(panels, grid[row])), sel(ours), sel(history), sel(compare), model)
+        o = sel(ours)
+        if compare is not None:
+            c = sel(compare)[["method", "paper_model", "paper_drop_pts", "paper_train_speedup_pct"]]
+            o = o.merge(c, on="method", how="left")
+        _accuracy_row(dict(zip(panels, grid[row])), o, sel(history), sel(per_seed), model)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-def _accuracy_row(axes: dict, ours: pd.DataFrame, history, compare, model) -> None:
+def _accuracy_row(axes: dict, ours: pd.DataFrame, history, per_seed, model) -> None:
     labels = list(ours["label"])
     if history is not None:
         ax = axes["curves"]
         for m, d in history.groupby("method", sort=False):
-            ax.plot(d["epochs_done"], 100 * d["test_acc"], "o-", ms=3, label=d["label"].iloc[0])
+            w = d.pivot_table(index="epochs_done", columns="seed", values="test_acc", aggfunc="first") * 100
+            line, = ax.plot(w.index, w.mean(axis=1), "o-", ms=3, label=d["label"].iloc[0])
+            ax.fill_between(w.index, w.min(axis=1), w.max(axis=1), color=line.get_color(), alpha=0.15, lw=0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("fine-tuning epochs (0 = right after decomposition)")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel("test accuracy (%): mean, min-max band over seeds")
         ax.set_title(str(model or ""), fontsize=9)
-        ax.legend(fontsize=8)
-    x = np.arange(len(ours))
-    w = 0.4 if compare is not None else 0.7
-    sh = w / 2 if compare is not None else 0
-    rr = "train_speedup_rr" in ours
-    for key, col, pcol, ylab in (("drop", "drop_pts", "paper_drop_pts", "accuracy drop vs original (points)"),
-                                 ("speed", "train_speedup_pct", "paper_train_speedup_pct",
-                                  "training speed-up vs original (%)")):
-        ax = axes[key]
-        if key == "speed" and rr:  # round-robin timings as bars (min-max whiskers), fine-tuning runs as marks
-            med = 100 * (ours["train_speedup_rr"].to_numpy() - 1)
-            err = np.vstack([med - 100 * (ours["train_speedup_rr_min"].to_numpy() - 1),
-                             100 * (ours["train_speedup_rr_max"].to_numpy() - 1) - med])
-            ax.bar(x - sh, med, w, yerr=err, capsize=3, color="tab:blue", label="ours (round-robin)")
-            if col in ours:
-                ax.scatter(x - sh, ours[col], marker="_", s=250, color="tab:red", zorder=3,
-                           label="ours (fine-tuning runs)")
-        else:
-            ax.bar(x - sh, ours[col] if col in ours else np.nan, w, color="tab:blue", label="ours")
-        if compare is not None:
-            p = compare.set_index("method")[pcol]
-            pm = compare["paper_model"].iloc[0]
-            ax.bar(x + sh, [p.get(m, np.nan) for m in ours["method"]], w, color="tab:gray", label=f"paper ({pm})")
-        ax.axhline(0, color="black", lw=0.8)
-        ax.set_xticks(x, labels, rotation=30, ha="right")
-        ax.set_ylabel(ylab)
+        tail = history[history["epochs_done"] > 0]["test_acc"] * 100
+        if len(tail):
+            ax.set_ylim(tail.min() - 1, tail.max() + 0.5)
         ax.legend(fontsize=7)
-    axes["speed"].set_title("round-robin steps (whiskers: min-max over rounds); fine-tuning runs indicative" if rr else
-                            "indicative (sequential fine-tuning runs)", fontsize=8)
+    x = np.arange(len(ours))
+    ax = axes["drop"]
+    ax.bar(x, ours["drop_vs_original"].fillna(0), 0.6, yerr=ours["drop_vs_original_sd"].fillna(0), capsize=3,
+           color="tab:blue", alpha=0.7, label="ours: mean +- sd of per-seed drops")
+    if per_seed is not None and "original" in set(per_seed["method"]):
+        o = per_seed[per_seed["method"] == "original"].set_index("seed")["acc"]
+        for i, m in enumerate(ours["method"]):
+            d = per_seed[per_seed["method"] == m].set_index("seed")["acc"]
+            ax.scatter(np.full(len(d), i), 100 * (o.reindex(d.index) - d), s=10, color="black", zorder=3,
+                       label="ours: one seed" if i == 0 else None)
+    if "paper_drop_pts" in ours:
+        ax.scatter(x, ours["paper_drop_pts"], marker="D", s=28, color="tab:orange", zorder=4,
+                   label=f"paper ({ours['paper_model'].iloc[0]}, one run)")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x, labels, rotation=30, ha="right")
+    ax.set_ylabel("accuracy drop vs original (points)")
+    ax.legend(fontsize=7)
+    ax = axes["speed"]
+    rr = "train_speedup_rr" in ours
+    if rr:
+        med = 100 * (ours["train_speedup_rr"].to_numpy() - 1)
+        err = np.vstack([med - 100 * (ours["train_speedup_rr_min"].to_numpy() - 1),
+                         100 * (ours["train_speedup_rr_max"].to_numpy() - 1) - med])
+        ax.bar(x, med, 0.6, yerr=err, capsize=3, color="tab:blue", label="ours (round-robin, min-max)")
+    else:
+        ax.bar(x, 100 * (ours["train_speedup"] - 1), 0.6, color="tab:blue", label="ours (fine-tuning runs)")
+    if "paper_train_speedup_pct" in ours:
+        ax.scatter(x, ours["paper_train_speedup_pct"], marker="D", s=28, color="tab:orange", zorder=4, label="paper")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x, labels, rotation=30, ha="right")
+    ax.set_ylabel("training speed-up vs original (%)")
+    ax.legend(fontsize=7)
+    ax.set_title("round-robin training steps" if rr else "indicative (fine-tuning runs)", fontsize=8)
 
 
 __all__ += ["plot_accuracy_table"]
+
+
+def plot_tradeoff(table: pd.DataFrame, paper_table: pd.DataFrame | None = None, paper_model: str = "resnet50",
+                  title: str | None = None):
+    """The trade-off front: accuracy drop vs training speed-up of every point, and how much of each
+    point's speed-up survives ``torch.compile``.
+
+    Left: x = training-step speed-up over the original (median of paired rounds, whiskers
+    min-max), y = accuracy drop vs the fine-tuned original (mean of per-seed drops, whiskers +- sd;
+    up is better); the non-dominated points joined by a line; the paper's methods (ResNet-50,
+    CIFAR-10, V100, one run each) as diamonds. Right: eager vs compiled training speed-up of the
+    compiled points (each over its own original, eager or compiled).
+
+    Args:
+        table: :func:`lrdnb.experiments.tradeoff.tradeoff_table`'s table.
+        paper_table: :func:`lrdnb.paper.table3` (``None``: no paper points).
+    """
+    colors = {"original": "black", "lrd": "tab:blue", "rank_quant": "tab:orange", "algorithm1": "tab:green",
+              "joint": "tab:purple", "freezing": "tab:red"}
+    comp = "train_speedup_compiled" in table and table["train_speedup_compiled"].notna().sum() > 1
+    fig, axes = plt.subplots(1, 2 if comp else 1, figsize=(13 if comp else 7.5, 5.2), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 2]} if comp else None)
+    ax = axes[0, 0]
+    drop = table["drop_vs_original"].fillna(0.0)
+    for rule, d in table.groupby("rule", sort=False):
+        dd = drop[d.index]
+        ax.errorbar(d["train_speedup"], dd, xerr=[d["train_speedup"] - d["train_speedup_min"],
+                                                  d["train_speedup_max"] - d["train_speedup"]],
+                    yerr=d["drop_vs_original_sd"].fillna(0), fmt="o", ms=5, capsize=2, lw=0.8,
+                    color=colors.get(rule), label=rule.replace("_", " "))
+        for _, r in d.iterrows():
+            ax.annotate(r["setting"] if rule != "original" else "original", (r["train_speedup"], drop[r.name]),
+                        xytext=(4, 3), textcoords="offset points", fontsize=7, color=colors.get(rule))
+    f = table[table["on_front"]].sort_values("train_speedup")
+    ax.plot(f["train_speedup"], drop[f.index], "-", color="gray", lw=1.2, zorder=0, label="non-dominated front")
+    if paper_table is not None:
+        p = paper_table[paper_table["model"] == paper_model].set_index("method")
+        top = p.loc["original", "cifar10_acc"]
+        for m in ("lrd", "rank_opt", "freezing", "combined"):
+            if m in p.index:
+                ax.scatter(1 + p.loc[m, "train_speedup_pct"] / 100, top - p.loc[m, "cifar10_acc"], marker="D", s=30,
+                           facecolors="none", edgecolors="tab:brown", zorder=4,
+                           label="paper (ResNet-50, CIFAR-10, V100)" if m == "lrd" else None)
+                ax.annotate(f"paper {METHOD_LABELS.get(m, m)}", (1 + p.loc[m, "train_speedup_pct"] / 100,
+                                                                top - p.loc[m, "cifar10_acc"]),
+                            xytext=(4, -9), textcoords="offset points", fontsize=6, color="tab:brown")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.invert_yaxis()
+    ax.set_xlabel("training-step speed-up over the original (x; round-robin, min-max)")
+    ax.set_ylabel("accuracy drop vs the original (points; mean +- sd over seeds; up = better)")
+    ax.legend(fontsize=7, loc="lower left")
+    if title:
+        ax.set_title(title, fontsize=10)
+    if comp:
+        ax = axes[0, 1]
+        d = table[table["train_speedup_compiled"].notna() & (table["rule"] != "original")]
+        x = np.arange(len(d))
+        ax.bar(x - 0.2, d["train_speedup"], 0.4, color="tab:blue", label="eager, over the eager original")
+        ax.bar(x + 0.2, d["train_speedup_compiled"], 0.4, color="tab:gray",
+               yerr=[d["train_speedup_compiled"] - d["train_speedup_min_compiled"],
+                     d["train_speedup_max_compiled"] - d["train_speedup_compiled"]], capsize=2,
+               label="compiled, over the compiled original")
+        ax.axhline(1, color="black", lw=0.8)
+        ax.set_xticks(x, d["point"], rotation=35, ha="right", fontsize=7)
+        ax.set_ylabel("training-step speed-up (x)")
+        ax.set_title("how much speed-up survives torch.compile (inductor)", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+__all__ += ["plot_tradeoff"]

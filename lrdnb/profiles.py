@@ -9,7 +9,7 @@ calls :func:`resolve`, which
    cell, whose first line is ``# Parameters``; :func:`resolve` reads the names assigned there from
    the kernel's input history (``_ih``). Run by hand in Jupyter nothing is passed, so the profile
    named in the parameters cell applies in full;
-2. sets ``tag`` to the profile name where it is ``None``;
+2. sets ``tag`` to the profile's tag where it is ``None`` (its name; ``cpu`` for ``cpu-full``, see :data:`TAGS`);
 3. resolves the output folders against the repository (never the caller's working directory):
    ``None`` -> ``out/<profile>/data``, ``out/<profile>/figures``, ``out/<profile>/checkpoints``;
    a relative path -> relative to the repository root.
@@ -28,10 +28,13 @@ from typing import Any, MutableMapping
 
 import yaml
 
-__all__ = ["PROFILES", "PROFILES_FILE", "OUTPUT_DIRS", "load_profiles", "profile_params", "repo_root",
+__all__ = ["PROFILES", "TAGS", "PROFILES_FILE", "OUTPUT_DIRS", "load_profiles", "profile_params", "repo_root",
            "out_dir", "reference_or", "passed_parameters", "resolve"]
 
-PROFILES = ("smoke", "cpu", "paper")
+PROFILES = ("smoke", "cpu", "cpu-full", "paper")
+#: the output tag of a profile where it is not the profile's name: ``cpu-full`` is ``cpu`` with the
+#: accuracy notebooks' full budgets, and its results are the committed ``*_cpu`` files.
+TAGS = {"cpu-full": "cpu"}
 PROFILES_FILE = Path(__file__).resolve().parent.parent / "notebooks" / "profiles.yaml"
 #: output-folder parameters and the sub-folder of ``out/<profile>/`` each defaults to.
 OUTPUT_DIRS = {"data_dir": "data", "figures_dir": "figures", "checkpoint_dir": "checkpoints"}
@@ -133,7 +136,7 @@ def resolve(notebook: str, namespace: MutableMapping[str, Any], verbose: bool = 
     passed = passed_parameters(namespace.get("_ih"))
     applied = {k: v for k, v in preset.items() if k not in passed}
     if namespace.get("tag", "") is None:
-        applied["tag"] = profile
+        applied["tag"] = TAGS.get(profile, profile)
     for name, sub in OUTPUT_DIRS.items():
         if name not in namespace:
             continue

@@ -55,11 +55,15 @@ ARTIFACTS = {a.name: a for a in (
     Artifact("table2", "table2_decomposition_time", "Table 2: decomposition time",
              ("table2_decomposition_time",), ("table2_decomposition_time",)),
     Artifact("fig3", "fig3_sequential_vs_regular_freezing", "Fig. 3: sequential vs regular freezing",
-             ("fig3_summary", "fig3_convergence"), ("fig3_sequential_vs_regular_freezing",)),
+             ("fig3_summary", "fig3_seeds", "fig3_convergence"), ("fig3_sequential_vs_regular_freezing",)),
     Artifact("table3", "table3_resnet_accuracy", "Table 3: ResNet accuracy and training speed-up",
-             ("table3_resnet_accuracy", "table3_resnet_accuracy_history"), ("table3_resnet_accuracy",)),
+             ("table3_resnet_accuracy", "table3_resnet_accuracy_seeds", "table3_resnet_accuracy_history"),
+             ("table3_resnet_accuracy",)),
     Artifact("table4", "table4_vit_accuracy", "Table 4: ViT accuracy and training speed-up",
-             ("table4_vit_accuracy", "table4_vit_accuracy_history"), ("table4_vit_accuracy",)),
+             ("table4_vit_accuracy", "table4_vit_accuracy_seeds", "table4_vit_accuracy_history"),
+             ("table4_vit_accuracy",)),
+    Artifact("tradeoff", "tradeoff_speed_accuracy", "Beyond the paper: speed / accuracy front of every rank rule",
+             ("tradeoff_points", "tradeoff_pairs", "tradeoff_seeds"), ("tradeoff_front",)),
     Artifact("explore", "explore_rank_tradeoffs", "Rank trade-off explorer: joint choice at the initial budget",
              ("explore_rank_tradeoffs",), (), tagged=False),
 )}
@@ -131,16 +135,17 @@ def _table2_paper() -> dict[str, Any]:
 
 
 def _accuracy(df: pd.DataFrame) -> dict[str, Any]:
+    df = _seeded(df)
     m = df[df["model"] == df["model"].iloc[0]].set_index("method")
     out: dict[str, Any] = {"model": df["model"].iloc[0]}
     if "combined" in m.index:
-        out["Combined accuracy drop (points)"] = float(m.loc["combined", "drop_pts"])
+        out["Combined accuracy drop (points)"] = float(m.loc["combined", "drop_vs_original"])
         rr = m.loc["combined"].get("train_speedup_rr")
         out["Combined training speed-up (%)"] = (_pct(float(rr)) if rr is not None and not pd.isna(rr)
-                                                 else float(m.loc["combined", "train_speedup_pct"]))
+                                                 else _pct(float(m.loc["combined", "train_speedup"])))
     if "lrd" in m.index:
-        out["LRD accuracy drop (points)"] = float(m.loc["lrd", "drop_pts"])
-    out["original accuracy (%)"] = 100 * float(m.loc["original", "acc"])
+        out["LRD accuracy drop (points)"] = float(m.loc["lrd", "drop_vs_original"])
+    out["original accuracy (%)"] = float(m.loc["original", "acc_mean"])
     return out
 
 
@@ -169,15 +174,26 @@ def _fig2_paper() -> dict[str, Any]:
             "largest step (% of time)": f["step_pct"], "speed-up vs original layer (x)": float("nan")}
 
 
+def _seeded(df: pd.DataFrame) -> pd.DataFrame:
+    """A result written before results had seeds (one run: ``acc``, ``drop_pts``, ``epochs_to_target``),
+    in the columns of the seeded ones."""
+    if "acc" in df and "acc_mean" not in df:
+        df = df.assign(acc_mean=100 * df["acc"], drop_vs_original=df["drop_pts"],
+                       train_speedup=1 + df["train_speedup_pct"] / 100)
+    if "epochs_to_target" in df and "epochs_to_target_mean" not in df:
+        df = df.assign(epochs_to_target_mean=df["epochs_to_target"], final_acc_mean=df["final_acc"])
+    return df
+
+
 def _fig3(df: pd.DataFrame) -> dict[str, Any]:
-    s = df.set_index("schedule")
+    s = _seeded(df).set_index("schedule")
     out: dict[str, Any] = {}
     for k in ("sequential", "regular"):
         if k in s.index:
-            out[f"epochs to target, {k}"] = float(s.loc[k, "epochs_to_target"])
+            out[f"epochs to target, {k}"] = float(s.loc[k, "epochs_to_target_mean"])
     for k in ("sequential", "regular"):
         if k in s.index:
-            out[f"final accuracy, {k} (%)"] = 100 * float(s.loc[k, "final_acc"])
+            out[f"final accuracy, {k} (%)"] = 100 * float(s.loc[k, "final_acc_mean"])
     out["target accuracy (%)"] = 100 * float(s["target_acc"].iloc[0])
     return out
 
@@ -197,14 +213,24 @@ def _explore(df: pd.DataFrame) -> dict[str, Any]:
             "layers decomposed": int((df["method"] != "keep").sum())}
 
 
+def _tradeoff(df: pd.DataFrame) -> dict[str, Any]:
+    t = df.set_index("point")
+    out: dict[str, Any] = {"points on the front": ", ".join(df[df["on_front"]]["point"])}
+    for n in ("rank quant 2x", "algorithm1 2x-3x", "algorithm1 2x-3x + sequential"):
+        if n in t.index:
+            out[f"{n}: training speed-up (x)"] = float(t.loc[n, "train_speedup"])
+            out[f"{n}: accuracy drop (points)"] = float(t.loc[n, "drop_vs_original"])
+    return out
+
+
 _OURS: dict[str, Callable[[pd.DataFrame], dict[str, Any]]] = {
     "fig2": _fig2, "table1": _table1, "table2": _table2, "fig3": _fig3, "table3": _accuracy, "table4": _accuracy,
-    "explore": _explore}
+    "tradeoff": _tradeoff, "explore": _explore}
 _PAPER: dict[str, Callable[[], dict[str, Any]]] = {
     "fig2": _fig2_paper, "table1": _table1_paper, "table2": _table2_paper, "fig3": _fig3_paper,
     "table3": lambda: _accuracy_paper(paper.table3(), "resnet50", "V100"),
     "table4": lambda: _accuracy_paper(paper.table4(), "vit_b_16", "Ascend 910"),
-    "explore": dict}
+    "tradeoff": dict, "explore": dict}
 
 
 def key_numbers(name: str, folder: str | Path, tag: str) -> tuple[dict[str, Any], dict[str, Any] | None]:

@@ -77,9 +77,12 @@ def _accuracy(df: pd.DataFrame, table: pd.DataFrame, paper_model: str) -> pd.Dat
     rows = []
     for r in df.itertuples():
         rr = getattr(r, "train_speedup_rr", float("nan"))
-        rows.append({"method": r.label, "accuracy: ours (%)": 100 * r.acc, "drop: ours (points)": r.drop_pts,
+        drop = 0.0 if r.method == "original" else r.drop_vs_original
+        sd = float("nan") if r.method == "original" else r.drop_vs_original_sd
+        rows.append({"method": r.label, "seeds": r.seeds, "accuracy: ours (%)": r.acc_mean, "sd": r.acc_sd,
+                     "drop: ours (points)": drop, "drop sd": sd,
                      "drop: paper (points)": top - p["cifar10_acc"].get(r.method, float("nan")),
-                     "training speed-up: ours (%)": 100 * (rr - 1) if not pd.isna(rr) else r.train_speedup_pct,
+                     "training speed-up: ours (%)": 100 * (rr - 1) if not pd.isna(rr) else 100 * (r.train_speedup - 1),
                      "training speed-up: paper (%)": p["train_speedup_pct"].get(r.method, float("nan"))})
     return pd.DataFrame(rows)
 
@@ -93,9 +96,10 @@ def _fig2(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _fig3(df: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame([{"schedule": r.schedule, "target: ours (%)": 100 * r.target_acc,
-                          "epochs to target: ours": r.epochs_to_target,
-                          "epochs to 95%: paper": r.paper_epochs_to_target, "final: ours (%)": 100 * r.final_acc,
+    return pd.DataFrame([{"schedule": r.schedule, "seeds": r.seeds, "target: ours (%)": 100 * r.target_acc,
+                          "epochs to target: ours (mean)": r.epochs_to_target_mean, "sd": r.epochs_to_target_sd,
+                          "seeds reaching it": r.reached, "epochs to 95%: paper": r.paper_epochs_to_target,
+                          "final: ours (%)": 100 * r.final_acc_mean, "final sd": 100 * r.final_acc_sd,
                           "final: paper (%)": 100 * r.paper_final_acc} for r in df.itertuples()])
 
 
@@ -211,13 +215,15 @@ def readme_block(root: str | Path, tag: str = "cpu") -> str:
             row = {"method": label}
             for n, t, _ in acc:
                 r = t.loc[label]
-                row[f"{n[:-1].title()} {n[-1]} drop"] = _pm(r["drop: ours (points)"], r["drop: paper (points)"], ".2f")
+                row[f"{n[:-1].title()} {n[-1]} drop"] = (f"{r['drop: ours (points)']:.2f} +- {r['drop sd']:.2f} "
+                                                          f"[{r['drop: paper (points)']:.2f}]")
                 row[f"{n[:-1].title()} {n[-1]} speed-up"] = _pm(r["training speed-up: ours (%)"],
                                                                  r["training speed-up: paper (%)"])
             rows.append(row)
-        who = "; ".join(f"{n[:-1].title()} {n[-1]}: `{d['model'].iloc[0]}` ({100 * d['acc'].iloc[0]:.1f}%) on "
-                        f"{d['dataset'].iloc[0]}" for n, _, d in acc)
-        out.append("**Tables 3 / 4**, accuracy drop vs the original (points) and training speed-up (%):\n\n"
+        who = "; ".join(f"{n[:-1].title()} {n[-1]}: `{d['model'].iloc[0]}` ({d['acc_mean'].iloc[0]:.1f}%, "
+                        f"{d['seeds'].iloc[0]} seeds) on {d['dataset'].iloc[0]}" for n, _, d in acc)
+        out.append("**Tables 3 / 4**, accuracy drop vs the original (points, mean +- sd of per-seed drops) and "
+                   "training speed-up (%):\n\n"
                    + _md(pd.DataFrame(rows)) + f"\n\nOurs: {who}; paper: ResNet-50 and ViT-B/16 on CIFAR-10.")
     lines = []
     f2 = data / f"{ARTIFACTS['fig2'].main(tag)}.csv"
@@ -231,11 +237,15 @@ def readme_block(root: str | Path, tag: str = "cpu") -> str:
     f3 = data / f"{ARTIFACTS['fig3'].main(tag)}.csv"
     if f3.exists():
         s3 = pd.read_csv(f3).set_index("schedule")
-        lines.append(f"**Fig. 3**: sequential freezing reaches the target ({100 * s3['target_acc'].iloc[0]:.1f}%) at epoch "
-                     f"{s3.loc['sequential', 'epochs_to_target']:.0f}, regular at {s3.loc['regular', 'epochs_to_target']:.0f} "
-                     f"[{paper.FIG3['sequential']['epochs_to_target']} vs {paper.FIG3['regular']['epochs_to_target']} epochs "
-                     f"to 95%]; final accuracy {100 * s3.loc['sequential', 'final_acc']:.1f}% vs "
-                     f"{100 * s3.loc['regular', 'final_acc']:.1f}% [{100 * paper.FIG3['sequential']['final_acc']:.2f}% vs "
+        c = (read_meta(data, ARTIFACTS["fig3"].main(tag)) or {}).get("results", {}).get("comparison") or {}
+        ratio = (f"; epochs to target, sequential / regular {c['ratio_mean']:.2f} +- {c['ratio_ci95']:.2f} "
+                 f"(95% CI, {c['ratio_seeds']} seeds) [{c['paper_ratio']:.2f}]") if c.get("ratio_seeds") else ""
+        lines.append(f"**Fig. 3** ({int(s3['seeds'].iloc[0])} seeds): sequential freezing reaches the target "
+                     f"({100 * s3['target_acc'].iloc[0]:.1f}%) after {s3.loc['sequential', 'epochs_to_target_mean']:.1f} "
+                     f"epochs on average, regular after {s3.loc['regular', 'epochs_to_target_mean']:.1f} "
+                     f"[{paper.FIG3['sequential']['epochs_to_target']} vs {paper.FIG3['regular']['epochs_to_target']} "
+                     f"epochs to 95%]{ratio}; final accuracy {100 * s3.loc['sequential', 'final_acc_mean']:.2f}% vs "
+                     f"{100 * s3.loc['regular', 'final_acc_mean']:.2f}% [{100 * paper.FIG3['sequential']['final_acc']:.2f}% vs "
                      f"{100 * paper.FIG3['regular']['final_acc']:.2f}%].")
     if lines:
         out.append(" ".join(lines))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 import pytest
 
 from lrdnb.data import FASHION_MNIST_DIR
@@ -14,20 +16,52 @@ NB = Path(__file__).resolve().parent.parent / "notebooks" / "fig3_sequential_vs_
 
 @pytest.mark.notebooks
 @pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(), reason="needs Debian's Fashion-MNIST")
-def test_notebook_smoke(tmp_path):
+def test_notebook_smoke(tmp_path, monkeypatch):
     import papermill
 
-    params = profile_params(NB, "smoke") | {
-        "data_dir": str(tmp_path / "data"), "figures_dir": str(tmp_path / "figures"),
-        "checkpoint_dir": str(tmp_path / "ck"), "device": "cpu", "tag": "smoke",
-    }
+    monkeypatch.setenv("LRDNB_CACHE", str(tmp_path / "cache"))
+    preset = profile_params(NB, "smoke")
+    params = preset | {"data_dir": str(tmp_path / "data"), "figures_dir": str(tmp_path / "figures"),
+                       "checkpoint_dir": str(tmp_path / "ck"), "device": "cpu", "tag": "smoke", "threads": 1}
     papermill.execute_notebook(str(NB), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="python3",
                                cwd=str(NB.parent), progress_bar=False)
+    seeds, epochs = preset["seeds"], preset["epochs"]
     df, meta = read_results("fig3_convergence_smoke", tmp_path / "data")
-    assert set(df.schedule) == {"regular", "sequential"} and len(df) == 2 * params["epochs"]
-    assert list(df[df.schedule == "sequential"].frozen) == ["svd:first tucker2:first+last", "svd:last tucker2:core"]
-    assert meta["params"]["model"] == "resnet10_cpu" and 0 <= meta["results"]["decomposed_acc"] <= 1
-    summary, _ = read_results("fig3_summary_smoke", tmp_path / "data")
-    assert list(summary.paper_epochs_to_target) == [26, 20]
+    assert set(df.schedule) == {"regular", "sequential"} and len(df) == 2 * len(seeds) * (epochs + 1)
+    seq = df[(df.schedule == "sequential") & (df.seed == seeds[0]) & (df.epochs_done > 0)]
+    assert list(seq.frozen) == ["svd:first tucker2:first+last", "svd:last tucker2:core"]
+    res = meta["results"]
+    assert meta["params"]["reference"]["model"] == "resnet10_cpu" and 0 <= res["decomposed_acc"] <= 1
+    assert res["target_acc"] == pytest.approx(res["reference_acc"] - preset["target_gap"] / 100)
+    per_seed, _ = read_results("fig3_seeds_smoke", tmp_path / "data")
+    assert len(per_seed) == 2 * len(seeds) and {"epochs_to_target", "final_acc"} <= set(per_seed)
+    summary, smeta = read_results("fig3_summary_smoke", tmp_path / "data")
+    assert list(summary.paper_epochs_to_target) == [26, 20] and (summary.seeds == len(seeds)).all()
+    assert {"epochs_to_target_mean", "epochs_to_target_sd", "final_acc_mean", "final_acc_sd"} <= set(summary)
+    cmp = smeta["results"]["comparison"]
+    assert cmp["paper_ratio"] == pytest.approx(20 / 26) and set(cmp["ratio_per_seed"]) <= {str(s) for s in seeds}
     assert (tmp_path / "figures" / "fig3_sequential_vs_regular_freezing_smoke.png").stat().st_size > 1000
-    assert len(list((tmp_path / "ck").glob("fig3_*.pt"))) == 3  # reference + one per schedule
+    assert len(list((tmp_path / "ck").glob("fig3_*.pt"))) == 2 * len(seeds)  # one per schedule and seed
+    assert len(list((tmp_path / "cache" / "references").glob("reference_*.pt"))) == 1
+
+
+def test_per_seed_summary_and_paired_ratio():
+    from lrdnb.experiments.fig3 import compare, per_seed, summarize
+
+    rows = []
+    reach = {"regular": [4, 5, 6], "sequential": [3, 4, 4]}
+    for name, epochs in reach.items():
+        for seed, e in enumerate(epochs):
+            for k in range(0, 9):
+                rows.append({"schedule": name, "seed": seed, "epochs_done": k, "test_acc": 0.9 if k >= e else 0.8})
+    ps = per_seed(pd.DataFrame(rows), 0.85)
+    assert ps.set_index(["schedule", "seed"]).loc[("regular", 2), "epochs_to_target"] == 6
+    s = summarize(ps).set_index("schedule")
+    assert s.loc["regular", "epochs_to_target_mean"] == 5 and s.loc["regular", "epochs_to_target_sd"] == 1
+    c = compare(ps)
+    assert c["ratio_mean"] == pytest.approx((3 / 4 + 4 / 5 + 4 / 6) / 3) and c["ratio_beyond"] is True
+    assert c["final_diff_pts"] == 0 and c["final_diff_beyond"] is False and c["seeds_not_reached"] == 0
+    rows = [r for r in rows if not (r["schedule"] == "regular" and r["seed"] == 2)]
+    rows += [{"schedule": "regular", "seed": 2, "epochs_done": k, "test_acc": 0.8} for k in range(9)]
+    c = compare(per_seed(pd.DataFrame(rows), 0.85))
+    assert c["seeds_not_reached"] == 1 and c["ratio_seeds"] == 2

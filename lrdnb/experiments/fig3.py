@@ -1,140 +1,103 @@
-"""Fig. 3: convergence of sequential vs regular freezing after LRD (Hajimolahoseini et al. 2023).
+"""Fig. 3: convergence of sequential vs regular freezing after LRD (Hajimolahoseini et al. 2023), over seeds.
 
 The paper fine-tunes an ImageNet-pretrained, 2x-decomposed ResNet-50 on CIFAR-10 for 30 epochs
 (SGD momentum 0.9, weight decay 1e-4, fixed lr 0.001) with regular freezing (train SVD ``last``
 and Tucker2 ``core`` only) and with sequential freezing (Algorithm 2: alternate every epoch).
-Sequential freezing reaches 95% at epoch 20, regular at epoch 26; final 95.46% vs 95.27%.
+Sequential freezing reaches 95% at epoch 20, regular at epoch 26; final 95.46% vs 95.27%. That is
+one run per schedule; the paper gives no spread.
 
-:func:`freezing_convergence` runs the same protocol at any scale:
+:func:`freezing_convergence` runs the same protocol at any scale, over seeds:
 
-1. the reference model: loaded (``pretrained`` / ``weights_path``), then trained on the dataset for
-   ``reference_epochs`` with :func:`lrdnb.train.fit` (cached, resumable checkpoint in
-   ``checkpoint_dir``; ``reference_epochs=0`` is the paper's protocol with pretrained weights);
+1. the reference (:mod:`~lrdnb.experiments.references`, shared with Table 3: trained to a plateau);
 2. decomposition at ``ratio`` (eq. 5 / SVD ranks, HOSVD weights) - done once;
-3. one fine-tuning run per schedule from copies of the *same* decomposed weights, with the
-   same seed, hence the same data order and augmentation per epoch.
+3. one fine-tuning run per (schedule, seed) from copies of the *same* decomposed weights; seed
+   ``s`` gives both schedules the same data order and augmentation (a paired design).
 
-:func:`summarize` turns the per-epoch table into epochs-to-target and final accuracy beside the
-paper's numbers.
+The target accuracy is fixed before any fine-tuning: ``target_gap`` points under the reference's
+accuracy (the paper's 95% sits 1.4 points under its original's 96.40%, Table 3).
+:func:`per_seed` gives each run's epochs to that target, :func:`summarize` the mean and spread
+per schedule, and :func:`compare` the paired ratio of epochs to target (sequential / regular,
+the paper's 20 / 26 = 0.77) and the final-accuracy difference, each with a 95% t interval.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 import torch
 
-from ..data import load_dataset
 from ..decompose import decompose
-from ..models import get_model
+from ..freezing import make_schedule
 from ..paper import FIG3
 from ..provenance import provenance, resolve_device
-from ..train import evaluate, fit
+from ..train import evaluate
+from .finetune import FineTune, Job, job_checkpoint, paired, run_jobs, spread
+from .references import RECIPES, Recipe, train_reference
 
-__all__ = ["freezing_convergence", "summarize", "epochs_to_target"]
-
-def _key(**params: Any) -> str:
-    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
+__all__ = ["freezing_convergence", "epochs_to_target", "per_seed", "summarize", "compare"]
 
 def freezing_convergence(
-    dataset: str = "fashion-mnist",
-    model: str = "resnet18",
-    image_size: int = 32,
-    data_root: str | None = None,
-    train_subset: int | None = 8000,
-    test_subset: int | None = 2000,
-    batch_size: int = 64,
-    augment: bool = False,
-    pretrained: bool = False,
-    weights_path: str | None = None,
-    reference_epochs: int = 4,
-    reference_lr: float = 0.05,
+    reference: Recipe | None = None,
+    finetune: FineTune = FineTune(epochs=10, lr=0.01, lr_schedule="fixed", train_subset=8000),
     ratio: float = 2.0,
-    epochs: int = 8,
-    lr: float = 0.01,
-    lr_schedule: str = "fixed",
-    momentum: float = 0.9,
-    weight_decay: float = 1e-4,
     schedules: Sequence[str] = ("regular", "sequential"),
-    seed: int = 0,
+    seeds: Sequence[int] = (0, 1, 2),
+    target_gap: float = 1.5,
+    target_acc: float | None = None,
+    workers: int = 1,
     device: str = "auto",
-    amp: bool = False,
-    max_steps_per_epoch: int | None = None,
-    checkpoint_dir: str | Path | None = "data/checkpoints",
+    checkpoint_dir: str | Path | None = None,
+    reference_dir: str | Path | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Fine-tune one decomposed model under each freezing schedule; test accuracy per epoch.
+    """Fine-tune one decomposed model under each freezing schedule and seed; test accuracy per epoch.
 
     Args:
-        dataset, data_root, image_size, train_subset, test_subset, augment: see
-            :func:`lrdnb.data.load_dataset` (subsets are fixed by ``seed``).
-        model, pretrained, weights_path: see :func:`lrdnb.models.get_model`.
-        reference_epochs, reference_lr: training of the undecomposed reference (cosine lr).
+        reference: the reference recipe (default: ``resnet10_cpu``'s, shared with Table 3).
+        finetune: the recipe both schedules get (paper, CIFAR-10: 30 epochs, fixed lr 0.001).
         ratio: compression ratio of the decomposition (the paper: 2).
-        epochs, lr, lr_schedule, momentum, weight_decay: fine-tuning (paper, CIFAR-10: 30, 1e-3,
-            fixed, 0.9, 1e-4).
-        schedules: freezing schedules to compare (names of :func:`lrdnb.freezing.make_schedule`).
-        checkpoint_dir: reference and fine-tuning checkpoints (resumable; file names hash every
-            setting); ``None`` = keep nothing.
+        schedules: freezing schedules (names of :func:`lrdnb.freezing.make_schedule`).
+        seeds: fine-tuning seeds (data order, augmentation).
+        target_gap: the target accuracy, in points under the reference's, fixed before fine-tuning.
+        target_acc: an absolute target instead (the paper's 95% with a pretrained, untuned reference).
+        workers: fine-tuning processes (one thread each) when > 1.
+        checkpoint_dir: resumable fine-tuning checkpoints; ``reference_dir``: reference checkpoints
+            (``None`` = the per-user cache).
 
     Returns:
-        One row per (schedule, epoch): the columns of :func:`lrdnb.train.fit` plus ``schedule``
-        and ``epochs_done`` (1-based). ``df.attrs["meta"]`` holds provenance (settings under
-        ``params``) and ``results``: the reference's and the freshly decomposed model's accuracy,
-        the plan summary and the reference's training rows.
+        One row per (schedule, seed, epoch), ``epochs_done`` 0 = right after decomposition:
+        ``schedule, seed, epochs_done, test_acc`` and :func:`lrdnb.train.fit`'s columns.
+        ``df.attrs["meta"]``: provenance (settings under ``params``) and ``results``: the
+        reference (accuracy, plateau, training time), the decomposed model's accuracy, the
+        target and the plan summary.
     """
     dev = resolve_device(device)
-    norm = "imagenet" if (pretrained or weights_path) else "dataset"
-    data_kw = dict(root=data_root, image_size=image_size, seed=seed, normalize=norm)
-    train = load_dataset(dataset, split="train", subset=train_subset, augment=augment, **data_kw)
-    test = load_dataset(dataset, split="test", subset=test_subset, **data_kw)
-    n_classes = len(train.classes)
-    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    common = dict(dataset=dataset, model=model, image_size=image_size, train_subset=train_subset,
-                  test_subset=test_subset, batch_size=batch_size, augment=augment, pretrained=pretrained,
-                  weights_path=weights_path, seed=seed, max_steps_per_epoch=max_steps_per_epoch, amp=amp)
-    fit_kw = dict(batch_size=batch_size, device=dev, amp=amp, seed=seed, progress=progress,
-                  max_steps_per_epoch=max_steps_per_epoch, momentum=momentum, weight_decay=weight_decay)
-
-    torch.manual_seed(seed)
-    net = get_model(model, num_classes=n_classes, pretrained=pretrained, weights_path=weights_path, image_size=image_size)
-    ref_rows = None
-    if reference_epochs > 0:
-        ref_key = _key(**common, reference_epochs=reference_epochs, reference_lr=reference_lr)
-        ref_ck = ckdir / f"fig3_reference_{model}_{dataset}_{ref_key}.pt" if ckdir else None
-        ref_rows = fit(net, train, test, reference_epochs, lr=reference_lr, lr_schedule="cosine",
-                       schedule="none", checkpoint=ref_ck, **fit_kw)
-    net.to(dev).eval()
-    reference_acc = evaluate(net, test, dev, amp=amp)
-    example = train[0][0].unsqueeze(0).to(dev)
-    decomposed, plan = decompose(net, example, ratio=ratio, weights="hosvd", progress=progress)
-    decomposed_acc = evaluate(decomposed, test, dev, amp=amp)
-
-    frames = []
-    for name in schedules:
-        run_model = copy.deepcopy(decomposed)
-        run_key = _key(**common, reference_epochs=reference_epochs, reference_lr=reference_lr, ratio=ratio,
-                       epochs=epochs, lr=lr, lr_schedule=lr_schedule, schedule=name)
-        ck = ckdir / f"fig3_finetune_{name}_{model}_{dataset}_{run_key}.pt" if ckdir else None
-        df = fit(run_model, train, test, epochs, lr=lr, lr_schedule=lr_schedule, schedule=name, checkpoint=ck, **fit_kw)
-        df.insert(0, "schedule", name)
-        df.insert(2, "epochs_done", df["epoch"] + 1)
-        frames.append(df)
-        del run_model
-    out = pd.concat(frames, ignore_index=True)
+    recipe = reference or RECIPES["resnet10_cpu"]
+    ref = train_reference(recipe, dev, reference_dir, progress)
+    example = recipe.data("train", augment=False)[0][0].unsqueeze(0).to(dev)
+    decomposed, plan = decompose(ref.model, example, ratio=ratio, weights="hosvd", progress=progress)
+    test = recipe.data("test")
+    decomposed_acc = evaluate(decomposed, test, dev)
+    target = ref.acc - target_gap / 100 if target_acc is None else float(target_acc)
+    key = dict(ref=recipe.key(), ft=asdict(finetune), ratio=ratio)
+    jobs = [Job(name, s, copy.deepcopy(decomposed).cpu(), make_schedule(name).to_dict(),
+                job_checkpoint(checkpoint_dir, f"fig3_{recipe.model}", name, s, **key))
+            for s in seeds for name in schedules]
+    out = run_jobs(jobs, recipe, finetune, workers, str(dev), progress).rename(columns={"name": "schedule"})
+    start = pd.DataFrame([{"schedule": n, "seed": s, "epochs_done": 0, "test_acc": decomposed_acc}
+                          for s in seeds for n in schedules])
+    out = pd.concat([start, out], ignore_index=True).sort_values(["schedule", "seed", "epochs_done"], kind="stable")
+    out = out.reset_index(drop=True)
     out.attrs["meta"] = provenance(
-        dev, experiment="fig3", **common, reference_epochs=reference_epochs, reference_lr=reference_lr,
-        ratio=ratio, epochs=epochs, lr=lr, lr_schedule=lr_schedule, momentum=momentum,
-        weight_decay=weight_decay, schedules=list(schedules), normalize=norm, n_train=len(train), n_test=len(test),
+        dev, experiment="fig3", reference=asdict(recipe), finetune=asdict(finetune), ratio=ratio,
+        schedules=list(schedules), seeds=list(seeds), target_gap=target_gap, target_acc=target_acc, workers=workers,
     )
     out.attrs["meta"]["results"] = {
-        "reference_acc": reference_acc, "decomposed_acc": decomposed_acc, "plan_summary": plan.summary(),
-        "reference_rows": None if ref_rows is None else ref_rows.to_dict("records"),
+        "reference": ref.info, "reference_acc": ref.acc, "decomposed_acc": decomposed_acc, "target_acc": target,
+        "plan_summary": plan.summary(),
     }
     return out
 
@@ -147,33 +110,59 @@ def epochs_to_target(accs: Sequence[float], target: float) -> float:
     return float("nan")
 
 
-def summarize(df: pd.DataFrame, target_acc: float | None = None, margin: float = 0.005) -> pd.DataFrame:
-    """Per schedule: epochs to ``target_acc``, final and best accuracy, mean training images/s.
-
-    Args:
-        df: :func:`freezing_convergence`'s table.
-        target_acc: accuracy to reach; ``None`` = the lower final accuracy minus ``margin``
-            (the paper's 95% sits 0.27 points under regular freezing's final 95.27%).
-
-    Returns:
-        One row per schedule with the paper's numbers beside ours (``paper_*``; the paper's
-        target is 95% on CIFAR-10, not ours).
-    """
-    finals = df.groupby("schedule", sort=False)["test_acc"].last()
-    target = float(finals.min() - margin) if target_acc is None else float(target_acc)
+def per_seed(df: pd.DataFrame, target_acc: float) -> pd.DataFrame:
+    """One row per (schedule, seed): ``epochs_to_target`` (NaN if never reached), ``final_acc``,
+    ``best_acc``, ``epochs``."""
     rows = []
-    for name, d in df.groupby("schedule", sort=False):
-        d = d.sort_values("epoch")
+    for (name, seed), d in df[df["epochs_done"] > 0].groupby(["schedule", "seed"], sort=False):
+        d = d.sort_values("epochs_done")
+        rows.append({"schedule": name, "seed": int(seed), "target_acc": float(target_acc),
+                     "epochs_to_target": epochs_to_target(d["test_acc"].tolist(), target_acc),
+                     "final_acc": float(d["test_acc"].iloc[-1]), "best_acc": float(d["test_acc"].max()),
+                     "epochs": int(len(d))})
+    return pd.DataFrame(rows)
+
+
+def summarize(seeds: pd.DataFrame) -> pd.DataFrame:
+    """Per schedule, from :func:`per_seed`: epochs to target and final accuracy over seeds (mean,
+    sd, min, max; ``reached`` = seeds that reached the target), beside the paper's one run."""
+    rows = []
+    for name, d in seeds.groupby("schedule", sort=False):
+        e, f = spread(d["epochs_to_target"].tolist()), spread(d["final_acc"].tolist())
         paper = FIG3.get(name, {})
         rows.append({
-            "schedule": name,
-            "target_acc": target,
-            "epochs_to_target": epochs_to_target(d["test_acc"].tolist(), target),
-            "final_acc": float(d["test_acc"].iloc[-1]),
-            "best_acc": float(d["test_acc"].max()),
-            "epochs": int(len(d)),
-            "train_img_s_mean": float(d["train_img_s"].mean()),
+            "schedule": name, "target_acc": float(d["target_acc"].iloc[0]), "seeds": len(d),
+            "reached": int(d["epochs_to_target"].notna().sum()), "epochs": int(d["epochs"].max()),
+            "epochs_to_target_mean": e["mean"], "epochs_to_target_sd": e["sd"],
+            "epochs_to_target_min": e["min"], "epochs_to_target_max": e["max"],
+            "final_acc_mean": f["mean"], "final_acc_sd": f["sd"], "final_acc_min": f["min"], "final_acc_max": f["max"],
             "paper_epochs_to_target": paper.get("epochs_to_target", float("nan")),
             "paper_final_acc": paper.get("final_acc", float("nan")),
         })
     return pd.DataFrame(rows)
+
+
+def compare(seeds: pd.DataFrame, a: str = "sequential", b: str = "regular") -> dict[str, Any]:
+    """Paired comparison of schedule ``a`` with ``b`` over seeds (:func:`per_seed` rows).
+
+    Returns:
+        ``ratio`` (epochs to target, a / b, per seed and its mean, sd, 95% interval, ``beyond`` =
+        the interval excludes 1; seeds where either never reached the target are left out and
+        counted), ``final_diff_pts`` (a minus b, points, same statistics) and the paper's values.
+    """
+    w = seeds.pivot_table(index="seed", columns="schedule", values=["epochs_to_target", "final_acc"], aggfunc="first",
+                       dropna=False)
+    e, f = w["epochs_to_target"], 100 * w["final_acc"]
+    ratio = (e[a] / e[b]).dropna()
+    r = paired(ratio, pd.Series(1.0, index=ratio.index))
+    d = paired(f[a], f[b])
+    pa, pb = FIG3[a], FIG3[b]
+    return {
+        "a": a, "b": b, "ratio_per_seed": {int(k): float(v) for k, v in ratio.items()},
+        "ratio_mean": 1 + r["mean"] if r["n"] else float("nan"), "ratio_sd": r["sd"], "ratio_ci95": r["ci95"],
+        "ratio_beyond": r["beyond"], "ratio_seeds": r["n"], "seeds_not_reached": int(len(e) - len(ratio)),
+        "final_diff_pts": d["mean"], "final_diff_sd": d["sd"], "final_diff_ci95": d["ci95"],
+        "final_diff_beyond": d["beyond"],
+        "paper_ratio": pa["epochs_to_target"] / pb["epochs_to_target"],
+        "paper_final_diff_pts": 100 * (pa["final_acc"] - pb["final_acc"]),
+    }

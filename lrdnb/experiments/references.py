@@ -1,0 +1,157 @@
+"""Converged reference models, trained once per (model, recipe) and shared by every accuracy notebook.
+
+The paper decomposes ImageNet-pretrained models and fine-tunes them: what its accuracy tables and
+Fig. 3 measure is recovering a *good* model after decomposition. No pretrained weights can be
+fetched on an offline CPU, so :func:`train_reference` trains the undecomposed model from scratch
+on the whole training set until the test accuracy plateaus (a cosine schedule; the recipe is the
+cache key), then every notebook that names the same recipe loads the same checkpoint. The
+checkpoints live in the per-user cache (``$LRDNB_CACHE/references``) unless a folder is given, so
+the ``cpu`` and ``cpu-full`` profiles and the trade-off notebook share one reference.
+
+:data:`RECIPES` are the CPU references the notebooks use; :func:`plateau` states whether the last
+epochs still gained accuracy.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..data import load_dataset
+from ..models import get_model
+from ..provenance import resolve_device
+from ..rankopt.cache import default_folder
+from ..train import evaluate, fit, load_checkpoint
+
+__all__ = ["Recipe", "RECIPES", "Reference", "train_reference", "plateau", "reference_folder", "describe", "smoke_recipe"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a reference is trained: from scratch (or from ``pretrained`` weights) with SGD momentum
+    0.9 and a cosine lr over ``epochs`` (``epochs=0``: the weights as loaded, the paper's case)."""
+
+    model: str
+    dataset: str = "fashion-mnist"
+    image_size: int = 28
+    train_subset: int | None = None
+    test_subset: int | None = None
+    augment: bool = True
+    epochs: int = 8
+    lr: float = 0.1
+    batch_size: int = 128
+    weight_decay: float = 5e-4
+    seed: int = 0
+    pretrained: bool = False
+    weights_path: str | None = None
+    data_root: str | None = None
+    max_steps_per_epoch: int | None = None
+
+    def key(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+    @property
+    def normalize(self) -> str:
+        return "imagenet" if (self.pretrained or self.weights_path) else "dataset"
+
+    def data(self, split: str, augment: bool | None = None, subset: int | None | str = "recipe"):
+        """The recipe's dataset split (``augment`` / ``subset`` overridable for fine-tuning)."""
+        sub = (self.train_subset if split == "train" else self.test_subset) if subset == "recipe" else subset
+        aug = (self.augment and split == "train") if augment is None else augment
+        return load_dataset(self.dataset, root=self.data_root, split=split, image_size=self.image_size,
+                            subset=sub, seed=self.seed, normalize=self.normalize, augment=aug)
+
+
+#: The CPU references: the whole Fashion-MNIST training set, flip + padded-crop augmentation, a
+#: cosine lr long enough to plateau (see :func:`plateau` in the notebooks' outputs).
+RECIPES = {
+    "resnet10_cpu": Recipe("resnet10_cpu", image_size=28, epochs=8, lr=0.1),
+    "vit_tiny_cpu": Recipe("vit_tiny_cpu", image_size=16, epochs=10, lr=0.05),
+}
+
+
+@dataclass
+class Reference:
+    """A trained (or loaded) reference and where it came from."""
+
+    model: nn.Module
+    recipe: Recipe
+    history: pd.DataFrame
+    checkpoint: str | None
+    reused: bool
+    acc: float
+    train_s: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def reference_folder(folder: str | Path | None = None) -> Path:
+    """``folder``, else ``$LRDNB_CACHE/references`` (the per-user cache)."""
+    return Path(folder) if folder is not None else default_folder() / "references"
+
+
+def plateau(history: pd.DataFrame, last: int = 2) -> float:
+    """Test-accuracy gain, in points, of the last ``last`` epochs (the best of them over the best
+    before them): the plateau criterion reported with every reference (< ~0.3 = converged)."""
+    acc = history["test_acc"].tolist() if len(history) else []
+    if len(acc) <= last:
+        return float("nan")
+    return 100 * (max(acc[-last:]) - max(acc[:-last]))
+
+
+def train_reference(recipe: Recipe, device: str | torch.device = "auto", folder: str | Path | None = None,
+                    progress: bool = True) -> Reference:
+    """Build ``recipe.model`` and train it per ``recipe``, or load the finished checkpoint.
+
+    The checkpoint name hashes the whole recipe, so another recipe trains a new reference and an
+    interrupted one resumes after its last finished epoch (:func:`lrdnb.train.fit`).
+
+    Returns:
+        :class:`Reference` (model in eval mode on ``device``; ``train_s`` is the training time
+        recorded in the checkpoint's rows, ``reused`` whether nothing had to be trained).
+    """
+    dev = resolve_device(device)
+    torch.manual_seed(recipe.seed)
+    train, test = recipe.data("train"), recipe.data("test")
+    model = get_model(recipe.model, num_classes=len(train.classes) or 10, pretrained=recipe.pretrained,
+                      weights_path=recipe.weights_path, image_size=recipe.image_size)
+    ckpt, reused, history = None, False, pd.DataFrame()
+    if recipe.epochs > 0:
+        ckpt = reference_folder(folder) / f"reference_{recipe.model}_{recipe.dataset}_{recipe.key()}.pt"
+        reused = ckpt.exists() and len(load_checkpoint(ckpt)["history"]) >= recipe.epochs
+        t0 = time.perf_counter()
+        history = fit(model, train, test, recipe.epochs, lr=recipe.lr, lr_schedule="cosine", schedule="none",
+                      batch_size=recipe.batch_size, weight_decay=recipe.weight_decay, device=dev, checkpoint=ckpt,
+                      max_steps_per_epoch=recipe.max_steps_per_epoch, progress=progress, seed=recipe.seed)
+        if not reused:
+            history.attrs["wall_s"] = time.perf_counter() - t0
+    model.to(dev).eval()
+    acc = float(history["test_acc"].iloc[-1]) if len(history) else evaluate(model, test, dev)
+    train_s = float(history["epoch_s"].sum()) if "epoch_s" in history else float("nan")
+    info = {"recipe": asdict(recipe), "key": recipe.key(), "checkpoint": None if ckpt is None else str(ckpt),
+            "reused": reused, "acc": acc, "train_s": train_s, "plateau_pts": plateau(history),
+            "n_train": len(train), "n_test": len(test), "rows": history.to_dict("records")}
+    return Reference(model, recipe, history, info["checkpoint"], reused, acc, train_s, info)
+
+
+def smoke_recipe(recipe: Recipe, **changes: Any) -> Recipe:
+    """``recipe`` with ``changes`` (e.g. tiny subsets and one epoch for the smoke profile)."""
+    return replace(recipe, **changes)
+
+
+def describe(info: dict[str, Any]) -> str:
+    """One line on a reference (:attr:`Reference.info`): accuracy, data, plateau, training time."""
+    r = info["recipe"]
+    how = (f"{r['epochs']} cosine epochs on {info['n_train']:,} training images"
+           + (" (flip + crop)" if r["augment"] else "")) if r["epochs"] else "weights as loaded, not trained"
+    trained = "loaded from the cache" if info["reused"] else "trained in this run"
+    pl = info.get("plateau_pts", float("nan"))
+    return (f"reference {r['model']}: {100 * info['acc']:.2f}% on {info['n_test']:,} test images after {how}; "
+            + (f"last 2 epochs gained {pl:+.2f} points (plateau: < 0.3); " if pl == pl else "")
+            + f"training took {info['train_s'] / 60:.1f} min ({trained}, {info['checkpoint']})")
