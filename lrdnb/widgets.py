@@ -7,6 +7,7 @@ Builders return (never display) an :class:`Explorer` over a precomputed explorer
   rank marked (the paper's Fig. 2 for any layer), compression ratio, parameters, relative
   reconstruction error, predicted layer time and Algorithm 1's choice (Hajimolahoseini et al.
   2023).
+* :func:`front_explorer` - slide along the measured speed / accuracy points of the trade-off notebook.
 * :func:`model_explorer` - slide a whole-model time budget or the Lagrange multiplier of the
   joint rank selection: chosen ranks per layer, predicted time vs original, parameters, error.
 
@@ -36,7 +37,7 @@ from .explore import (EXPLORE_COLUMNS, algorithm1_choice, explorer_data, joint_c
                       layer_summary, layer_table, load_explorer_data, model_summary, prepare_explorer_data,
                       save_explorer_data, sweep_plan)
 
-__all__ = ["Explorer", "layer_explorer", "model_explorer", "explorer_data", "prepare_explorer_data",
+__all__ = ["Explorer", "layer_explorer", "model_explorer", "front_explorer", "explorer_data", "prepare_explorer_data",
            "load_explorer_data", "save_explorer_data", "layer_summary", "model_summary"]
 
 
@@ -255,5 +256,77 @@ def model_explorer(data: pd.DataFrame, budget: float = 0.8, lam: float | None = 
                   {"mode": mode, "budget": b, "lam": lam_s}, _compute=compute, _render=render, _status=status)
     for w in (mode, b, lam_s):
         w.observe(ex.update, names="value")
+    ex.update()
+    return ex
+
+
+def front_explorer(table: pd.DataFrame, start: str | None = None) -> Explorer:
+    """Slide along the measured speed / accuracy points of the trade-off notebook
+    (:func:`lrdnb.experiments.tradeoff.tradeoff_table`; ``data/tradeoff_points_cpu.csv``).
+
+    IntSlider ``point`` steps through the points ordered by training speed-up (ToggleButtons
+    ``which``: ``"front"`` = the non-dominated ones only, ``"all"``); the plot marks the selected
+    point on the accuracy-drop vs speed-up plane and the table shows its measured numbers (also
+    in ``.result``). Everything shown was measured: nothing is predicted here.
+    """
+    import ipywidgets as W
+    from matplotlib.figure import Figure
+
+    t = table.sort_values("train_speedup").reset_index(drop=True)
+    drop = t["drop_vs_original"].fillna(0.0)
+    which = W.ToggleButtons(options=["front", "all"], value="front" if t["on_front"].sum() > 1 else "all",
+                            description="points")
+    n0 = int(t["on_front"].sum()) if which.value == "front" else len(t)
+    slider = W.IntSlider(description="point", min=0, max=max(n0 - 1, 0), value=0, continuous_update=True,
+                         layout=W.Layout(width="480px"))
+    summary, status = W.HTML(), W.HTML()
+    image = W.Image(format="png", layout=W.Layout(width="640px"))
+    fig = Figure(figsize=(7, 3.6))
+    ax = fig.subplots()
+    fig.subplots_adjust(left=0.12, right=0.98, bottom=0.15, top=0.9)
+    ax.scatter(t["train_speedup"], drop, s=14, color="0.6", label="all points")
+    f = t[t["on_front"]]
+    ax.plot(f["train_speedup"], drop[f.index], "o-", ms=4, color="tab:blue", label="non-dominated front")
+    mark, = ax.plot([], [], "o", ms=12, mfc="none", mec="tab:red", mew=2, label="selected")
+    ax.invert_yaxis()
+    ax.set(xlabel="training speed-up over the original (x)", ylabel="accuracy drop (points)")
+    ax.legend(fontsize=7, loc="lower left")
+
+    def rows() -> pd.DataFrame:
+        return t[t["on_front"]] if which.value == "front" else t
+
+    def compute() -> dict[str, Any]:
+        r = rows().iloc[min(slider.value, len(rows()) - 1)]
+        get = (lambda c: float(r[c]) if c in r and pd.notna(r[c]) else float("nan"))
+        return {"point": r["point"], "rule": r["rule"], "params_ratio": get("params_ratio"),
+                "train_speedup": get("train_speedup"), "infer_speedup": get("infer_speedup"),
+                "train_speedup_compiled": get("train_speedup_compiled"), "acc_mean": get("acc_mean"),
+                "acc_sd": get("acc_sd"), "drop": float(drop[r.name]), "on_front": bool(r["on_front"])}
+
+    def render(res: dict[str, Any]) -> None:
+        mark.set_data([res["train_speedup"]], [res["drop"]])
+        ax.set_title(res["point"], fontsize=9)
+        image.value = _png(fig)
+        summary.value = _kv_table([
+            ("point", f"{res['point']} ({res['rule']}){' - on the front' if res['on_front'] else ''}"),
+            ("params", f"{res['params_ratio']:.2f}x fewer"),
+            ("training", f"{res['train_speedup']:.2f}x eager; {res['train_speedup_compiled']:.2f}x compiled"
+                         if np.isfinite(res["train_speedup_compiled"]) else f"{res['train_speedup']:.2f}x eager"),
+            ("inference", f"{res['infer_speedup']:.2f}x"),
+            ("accuracy", f"{res['acc_mean']:.2f}% +- {res['acc_sd']:.2f} (drop {res['drop']:.2f} points)"),
+        ])
+
+    ex = Explorer(W.VBox([W.HTML("<b>Front explorer</b>: slide along the measured speed / accuracy points"), which,
+                          slider, summary, image, status]),
+                  {"which": which, "point": slider}, _compute=compute, _render=render, _status=status)
+
+    def on_which(_: Any = None) -> None:
+        slider.max = max(len(rows()) - 1, 0)
+        ex.update()
+
+    which.observe(on_which, names="value")
+    slider.observe(ex.update, names="value")
+    if start is not None and start in set(rows()["point"]):
+        slider.value = int(np.flatnonzero(rows()["point"].to_numpy() == start)[0])
     ex.update()
     return ex

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = "explore_rank_tradeoffs.ipynb"
 SWEEP = "sweep_resnet18_32px_b8_forward"  # the notebook's default data (committed)
+FRONT = "tradeoff_points_cpu"  # the trade-off notebook's committed points (the front explorer)
 CHROMIUM = os.environ.get("LRDNB_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
@@ -53,10 +54,11 @@ def lab(tmp_path):
     (root / "notebooks").mkdir(parents=True)
     (root / "data").mkdir()
     shutil.copy(ROOT / "notebooks" / NOTEBOOK, root / "notebooks" / NOTEBOOK)
-    for ext in ("csv", "json"):
-        src = ROOT / "data" / f"{SWEEP}.{ext}"
-        assert src.exists(), f"committed sweep {src} missing: the notebook's default run needs it"
-        shutil.copy(src, root / "data" / src.name)
+    for name in (SWEEP, FRONT):
+        for ext in ("csv", "json"):
+            src = ROOT / "data" / f"{name}.{ext}"
+            assert src.exists(), f"committed result {src} missing: the notebook's default run needs it"
+            shutil.copy(src, root / "data" / src.name)
     settings = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
@@ -138,8 +140,8 @@ def test_explorers_in_jupyterlab(lab, tmp_path):
 
             # the widgets rendered through the JupyterLab widget manager
             expect(page.locator(".jupyter-widgets.widget-slider").first).to_be_visible()
-            assert page.locator(".jupyter-widgets.widget-slider").count() >= 3  # rank, budget, lambda
-            expect(page.locator("table.lrdnb-summary")).to_have_count(2)
+            assert page.locator(".jupyter-widgets.widget-slider").count() >= 4  # rank, budget, lambda, point
+            expect(page.locator("table.lrdnb-summary")).to_have_count(3)
             expect(page.locator(".lrdnb-choice")).to_be_visible()
             before = _summary(page)
             rank_slider = page.locator(".widget-slider", has=page.locator(".widget-label", has_text=re.compile("^rank$")))
@@ -165,6 +167,16 @@ def test_explorers_in_jupyterlab(lab, tmp_path):
             page.wait_for_function(
                 "old => document.querySelectorAll('table.lrdnb-summary')[1].innerText !== old", arg=m_before,
                 timeout=60_000)
+
+            # the front explorer: one keyboard step moves to the next measured point
+            point = page.locator(".widget-slider", has=page.locator(".widget-label", has_text=re.compile("^point$")))
+            f_before = _summary(page, 2)
+            point.locator(".noUi-handle").first.focus()
+            page.keyboard.press("ArrowRight")
+            page.wait_for_function(
+                "old => document.querySelectorAll('table.lrdnb-summary')[2].innerText !== old", arg=f_before,
+                timeout=60_000)
+            assert "eager" in _summary(page, 2)
             assert not errors, errors
 
             # screenshot of the two explorers

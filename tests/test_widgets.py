@@ -227,3 +227,24 @@ def test_notebook_smoke(tmp_path):
     choice, meta = read_results("explore_rank_tradeoffs", tmp_path)
     assert meta["budget"] == pytest.approx(0.8) and len(choice) > 5
     assert choice["time_s"].sum() <= 0.8 * choice["time_original"].sum() * (1 + 1e-9)
+
+
+def test_front_explorer_slides_along_the_measured_points():
+    from lrdnb.experiments.tradeoff import front
+
+    t = pd.DataFrame({"point": ["original", "lrd 2x", "rank quant 2x", "joint 0.6", "lrd 4x"],
+                      "rule": ["original", "lrd", "rank_quant", "joint", "lrd"],
+                      "params_ratio": [1, 2, 2.1, 1.8, 4], "train_speedup": [1.0, 1.5, 1.7, 1.6, 1.65],
+                      "infer_speedup": [1.0, 1.2, 1.3, 1.25, 1.4], "acc_mean": [91.0, 90.6, 90.5, 90.8, 89.0],
+                      "acc_sd": 0.1, "drop_vs_original": [np.nan, 0.4, 0.5, 0.2, 2.0]})
+    t["on_front"] = front(t)
+    assert list(t["on_front"]) == [True, False, True, True, False]  # lrd 2x: joint 0.6 is faster and better
+    ex = X.front_explorer(t)
+    assert ex.last_error is None and ex.result["point"] == "original" and ex.controls["point"].max == 2
+    ex.controls["point"].value = 2
+    assert ex.result["point"] == "rank quant 2x" and ex.result["train_speedup"] == 1.7 and ex.result["on_front"]
+    assert "1.70x eager" in ex.widget.children[3].value and ex.widget.children[4].value[:4] == PNG
+    ex.controls["which"].value = "all"
+    assert ex.controls["point"].max == 4
+    ex.controls["point"].value = 3
+    assert ex.result["point"] == "lrd 4x" and ex.result["drop"] == 2.0 and not ex.result["on_front"]
