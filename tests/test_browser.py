@@ -108,6 +108,16 @@ def _summary(page, index: int = 0) -> str:
     return page.locator("table.lrdnb-summary").nth(index).inner_text()
 
 
+def _step_changes_summary(page, label, key: str, index: int) -> None:
+    """One keyboard step on the slider labelled ``label`` changes the ``index``-th summary table."""
+    slider = page.locator(".widget-slider", has=page.locator(".widget-label", has_text=label))
+    before = _summary(page, index)
+    slider.locator(".noUi-handle").first.focus()
+    page.keyboard.press(key)
+    page.wait_for_function("([old, i]) => document.querySelectorAll('table.lrdnb-summary')[i].innerText !== old",
+                           arg=[before, index], timeout=60_000)
+
+
 def test_explorers_in_jupyterlab(lab, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -159,23 +169,8 @@ def test_explorers_in_jupyterlab(lab, tmp_path):
             assert re.search(rf"\b{r0 + 1}(x\d+)? \(", after), after  # the ranks row shows the new rank
             assert not [t for t in page.locator(".widget-html").all_inner_texts() if t.startswith("error:")]
 
-            # the model explorer: one keyboard step lowers the budget, the totals follow
-            budget = page.locator(".widget-slider", has=page.locator(".widget-label", has_text="time budget"))
-            m_before = _summary(page, 1)
-            budget.locator(".noUi-handle").first.focus()
-            page.keyboard.press("ArrowLeft")
-            page.wait_for_function(
-                "old => document.querySelectorAll('table.lrdnb-summary')[1].innerText !== old", arg=m_before,
-                timeout=60_000)
-
-            # the front explorer: one keyboard step moves to the next measured point
-            point = page.locator(".widget-slider", has=page.locator(".widget-label", has_text=re.compile("^point$")))
-            f_before = _summary(page, 2)
-            point.locator(".noUi-handle").first.focus()
-            page.keyboard.press("ArrowRight")
-            page.wait_for_function(
-                "old => document.querySelectorAll('table.lrdnb-summary')[2].innerText !== old", arg=f_before,
-                timeout=60_000)
+            _step_changes_summary(page, "time budget", "ArrowLeft", 1)  # the model explorer's totals follow
+            _step_changes_summary(page, re.compile("^point$"), "ArrowRight", 2)  # the front explorer's next point
             assert "eager" in _summary(page, 2)
             assert not errors, errors
 
