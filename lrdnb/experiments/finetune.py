@@ -19,11 +19,11 @@ import json
 import math
 import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
@@ -79,8 +79,11 @@ def _data(recipe: Recipe, ft: FineTune):
     return recipe.data("train", augment=ft.augment, subset=ft.train_subset), recipe.data("test")
 
 
-def _run(job: Job, recipe: Recipe, ft: FineTune, device: str, threads: int | None) -> pd.DataFrame:
-    """Fine-tune one job; its history rows (plus an ``epochs_done`` 0 row when ``eval_start``)."""
+def _run(job: Job, recipe: Recipe, ft: FineTune, device: str, threads: int | None,
+         report: Callable[[tuple], None] | Any = None) -> pd.DataFrame:
+    """Fine-tune one job; its history rows (plus an ``epochs_done`` 0 row when ``eval_start``).
+    ``report`` (a callable, or a queue's ``put``) gets ``(name, seed, epochs)`` after every epoch
+    and, at the end, ``(name, seed, epochs not reported)`` for epochs resumed from a checkpoint."""
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
@@ -89,11 +92,20 @@ def _run(job: Job, recipe: Recipe, ft: FineTune, device: str, threads: int | Non
     if job.eval_start:
         rows.append(pd.DataFrame([{"epochs_done": 0, "test_acc": evaluate(job.model, test, dev)}]))
     before = [p.detach().clone() for p in job.model.parameters()]
+    done = [0]
+
+    def tick(_row: dict) -> None:
+        done[0] += 1
+        if report is not None:
+            report((job.name, job.seed, 1))
+
     t0 = time.perf_counter()
     h = fit(job.model, train, test, ft.epochs, lr=ft.lr, lr_schedule=ft.lr_schedule, momentum=ft.momentum,
             weight_decay=ft.weight_decay, schedule=make_schedule(**job.schedule) if job.schedule else "none",
             batch_size=ft.batch_size, device=dev, checkpoint=job.checkpoint,
-            max_steps_per_epoch=ft.max_steps_per_epoch, progress=False, seed=job.seed)
+            max_steps_per_epoch=ft.max_steps_per_epoch, progress=False, seed=job.seed, on_epoch_end=tick)
+    if report is not None and ft.epochs > done[0]:
+        report((job.name, job.seed, ft.epochs - done[0]))
     moved = [not torch.equal(b, p.detach().cpu()) for b, p in zip(before, job.model.parameters())]
     rows.append(h.assign(epochs_done=h["epoch"] + 1, finetune_s=time.perf_counter() - t0,
                          changed_frac=sum(moved) / max(len(moved), 1)))
@@ -105,7 +117,8 @@ def _run(job: Job, recipe: Recipe, ft: FineTune, device: str, threads: int | Non
 
 def run_jobs(jobs: Sequence[Job], recipe: Recipe, ft: FineTune, workers: int = 1, device: str = "auto",
              progress: bool = True) -> pd.DataFrame:
-    """Run every job (``workers`` spawned processes at one thread each, or in this process when 1).
+    """Run every job (``workers`` spawned processes at one thread each, or in this process when 1),
+    with one progress bar over all their epochs.
 
     Returns:
         Every job's rows, in job order: ``name, seed, epochs_done, test_acc`` and the rest of
@@ -113,23 +126,30 @@ def run_jobs(jobs: Sequence[Job], recipe: Recipe, ft: FineTune, workers: int = 1
     """
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(jobs), desc=f"fine-tuning ({workers} worker(s))", unit="run", disable=not progress)
+    bar = tqdm(total=len(jobs) * ft.epochs, desc=f"fine-tuning {len(jobs)} runs ({workers} worker(s))", unit="epoch",
+               disable=not progress)
+
+    def tick(msg: tuple) -> None:
+        bar.update(msg[2])
+        bar.set_postfix_str(f"{msg[0]} seed {msg[1]}")
+
     results: dict[int, pd.DataFrame] = {}
     if workers <= 1:
         for i, j in enumerate(jobs):
-            bar.set_postfix_str(f"{j.name} seed {j.seed}")
-            results[i] = _run(j, recipe, ft, device, None)
-            bar.update()
+            results[i] = _run(j, recipe, ft, device, None, tick)
     else:
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futs = {pool.submit(_run, j, recipe, ft, device, 1): i for i, j in enumerate(jobs)}
+        with ctx.Manager() as mgr, ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            q = mgr.Queue()
+            futs = {pool.submit(_run, j, recipe, ft, device, 1, q.put): i for i, j in enumerate(jobs)}
+            pending = set(futs)
             try:
-                for f in as_completed(futs):
-                    results[futs[f]] = f.result()
-                    j = jobs[futs[f]]
-                    bar.set_postfix_str(f"done {j.name} seed {j.seed}")
-                    bar.update()
+                while pending:
+                    done, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
+                    while not q.empty():
+                        tick(q.get_nowait())
+                    for f in done:
+                        results[futs[f]] = f.result()
             except BaseException:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
