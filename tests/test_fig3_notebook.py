@@ -63,5 +63,8 @@ def test_per_seed_summary_and_paired_ratio():
     assert c["final_diff_pts"] == 0 and c["final_diff_beyond"] is False and c["seeds_not_reached"] == 0
     rows = [r for r in rows if not (r["schedule"] == "regular" and r["seed"] == 2)]
     rows += [{"schedule": "regular", "seed": 2, "epochs_done": k, "test_acc": 0.8} for k in range(9)]
+    assert c["a_first"] == 3 and c["b_first"] == 0 and c["p_sign_a_first"] == pytest.approx(0.125)
     c = compare(per_seed(pd.DataFrame(rows), 0.85))
-    assert c["seeds_not_reached"] == 1 and c["ratio_seeds"] == 2
+    assert c["seeds_not_reached"] == 1 and c["ratio_seeds"] == 2 and c["reached_b"] == 2
+    # regular never reached it in seed 2: counted at budget + 1 = 9 epochs, so the mean ratio is a bound
+    assert c["ratio_censored_mean"] == pytest.approx((3 / 4 + 4 / 5 + 4 / 9) / 3)

@@ -146,21 +146,35 @@ def compare(seeds: pd.DataFrame, a: str = "sequential", b: str = "regular") -> d
     """Paired comparison of schedule ``a`` with ``b`` over seeds (:func:`per_seed` rows).
 
     Returns:
-        ``ratio`` (epochs to target, a / b, per seed and its mean, sd, 95% interval, ``beyond`` =
-        the interval excludes 1; seeds where either never reached the target are left out and
-        counted), ``final_diff_pts`` (a minus b, points, same statistics) and the paper's values.
+        * ``ratio``: epochs to target, a / b, over the seeds where both reached it (per seed, mean,
+          sd, 95% interval, ``beyond`` = the interval excludes 1);
+        * ``ratio_censored_mean``: the same mean over every seed, a run that never reached the target
+          counted as reaching it one epoch after the budget (so where only ``b`` missed, the true
+          ratio is at most this);
+        * ``a_first`` / ``b_first`` / ``ties``: seeds where one schedule reached the target strictly
+          earlier (never = after the budget) and the one-sided sign-test p of ``a_first``;
+        * ``final_diff_pts``: final accuracy a minus b in points (same statistics), and the paper's.
     """
+    from .throughput import sign_test
+
     w = seeds.pivot_table(index="seed", columns="schedule", values=["epochs_to_target", "final_acc"], aggfunc="first",
-                       dropna=False)
+                          dropna=False)
     e, f = w["epochs_to_target"], 100 * w["final_acc"]
     ratio = (e[a] / e[b]).dropna()
     r = paired(ratio, pd.Series(1.0, index=ratio.index))
     d = paired(f[a], f[b])
+    never = float(seeds["epochs"].max()) + 1
+    ea, eb = e[a].fillna(never), e[b].fillna(never)
+    a_first, b_first = int((ea < eb).sum()), int((eb < ea).sum())
     pa, pb = FIG3[a], FIG3[b]
     return {
         "a": a, "b": b, "ratio_per_seed": {int(k): float(v) for k, v in ratio.items()},
         "ratio_mean": 1 + r["mean"] if r["n"] else float("nan"), "ratio_sd": r["sd"], "ratio_ci95": r["ci95"],
         "ratio_beyond": r["beyond"], "ratio_seeds": r["n"], "seeds_not_reached": int(len(e) - len(ratio)),
+        "reached_a": int(e[a].notna().sum()), "reached_b": int(e[b].notna().sum()), "seeds": int(len(e)),
+        "ratio_censored_mean": float((ea / eb).mean()), "a_first": a_first, "b_first": b_first,
+        "ties": int(len(e) - a_first - b_first),
+        "p_sign_a_first": sign_test(a_first, a_first + b_first) if a_first + b_first else float("nan"),
         "final_diff_pts": d["mean"], "final_diff_sd": d["sd"], "final_diff_ci95": d["ci95"],
         "final_diff_beyond": d["beyond"],
         "paper_ratio": pa["epochs_to_target"] / pb["epochs_to_target"],
