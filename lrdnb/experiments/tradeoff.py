@@ -127,7 +127,7 @@ def build_points(
     for a in windows:
         plans[("algorithm1", f"{a:g}x-{a + 1:g}x")] = rankopt.optimize_ranks(
             model, example, lrd[a], method="algorithm1", **rankopt.split_settings({**opt, "progress": progress}))
-    for f, p in _joint_plans(model, example, lrd[joint_ratio], budgets, opt, progress):
+    for f, p in (_joint_plans(model, example, lrd[joint_ratio], budgets, opt, progress) if budgets else []):
         plans[("joint", f"{f:g}")] = p
     built: dict[str, nn.Module] = {}
     for (rule, setting), p in plans.items():
