@@ -28,6 +28,7 @@ fine-tuning recipe from the same reference over seeds (:mod:`~lrdnb.experiments.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -165,9 +166,32 @@ def _compiled(model: nn.Module, stats: dict[str, Any]) -> nn.Module:
     return torch.compile(model, backend=backend)
 
 
+@contextlib.contextmanager
+def _graphs_per_code(n: int):
+    """Let dynamo keep ``n`` compiled graphs of one code object. Every point is a model of the same
+    class, so all their graphs hang off one ``forward``; past ``recompile_limit`` (8) dynamo would
+    silently run the rest eagerly (and ``fail_on_recompile_limit_hit`` makes that an error here)."""
+    import torch._dynamo.config as cfg
+
+    old = (cfg.recompile_limit, cfg.fail_on_recompile_limit_hit)
+    cfg.recompile_limit, cfg.fail_on_recompile_limit_hit = max(n, old[0]), True
+    try:
+        yield
+    finally:
+        cfg.recompile_limit, cfg.fail_on_recompile_limit_hit = old
+
+
 def speed_table(points: dict[str, Point], input_shape: Sequence[int], rounds: int = 10, min_run_time: float = 0.3,
                 compile: bool = False, device: str = "auto", threads: int | None = 1,
                 progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """See :func:`_speed_table`; with ``compile``, dynamo may keep a graph per runner."""
+    with _graphs_per_code(4 * len(points) + 8) if compile else contextlib.nullcontext():
+        return _speed_table(points, input_shape, rounds, min_run_time, compile, device, threads, progress)
+
+
+def _speed_table(points: dict[str, Point], input_shape: Sequence[int], rounds: int = 10, min_run_time: float = 0.3,
+                 compile: bool = False, device: str = "auto", threads: int | None = 1,
+                 progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Training-step (forward + backward + SGD momentum) and inference time of every point, round-robin.
 
     A schedule whose frozen set alternates (sequential freezing) is timed in both phases and the
@@ -226,6 +250,7 @@ def compile_stats(p: Point, input_shape: Sequence[int], epochs: int = 4, device:
     st: dict[str, Any] = {}
     run = make_runner(_compiled(m, st), input_shape, "step", dev, input_requires_grad=False)
     per_epoch, times = [], []
+    torch._dynamo.reset()  # graphs compiled before (other points, same forward) must not count or crowd
     for e in range(epochs):
         p.schedule.apply(m, e)
         t0 = time.perf_counter()
