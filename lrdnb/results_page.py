@@ -263,6 +263,16 @@ def readme_block(root: str | Path, tag: str = "cpu") -> str:
                      f"epochs to 95%]{ratio}; final accuracy {100 * s3.loc['sequential', 'final_acc_mean']:.2f}% vs "
                      f"{100 * s3.loc['regular', 'final_acc_mean']:.2f}% [{100 * paper.FIG3['sequential']['final_acc']:.2f}% vs "
                      f"{100 * paper.FIG3['regular']['final_acc']:.2f}%].")
+    ft = data / f"{ARTIFACTS['tradeoff'].main(tag)}.csv"
+    if ft.exists():
+        t = pd.read_csv(ft)
+        f = t[t["on_front"]].sort_values("train_speedup")
+        model = ((read_meta(data, ARTIFACTS["tradeoff"].main(tag)) or {}).get("params", {}).get("reference") or {}).get("model")
+        lines.append(f"**Trade-off** (beyond the paper; `{model}`, "
+                     f"{int(t['seeds'].iloc[0])} seeds): the non-dominated points, by training speed-up: "
+                     + ", ".join(f"{r.point} ({r.train_speedup:.2f}x, drop "
+                                 f"{0 if pd.isna(r.drop_vs_original) else r.drop_vs_original:.2f})" for r in f.itertuples())
+                     + ".")
     if lines:
         out.append(" ".join(lines))
     return "\n\n".join(out)
