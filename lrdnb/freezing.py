@@ -153,6 +153,11 @@ class FreezingSchedule:
         """False only for schedules that never freeze anything (DDP needs no unused-parameter search)."""
         return True
 
+    def phases(self) -> tuple[int, ...]:
+        """Epochs whose frozen sets a timing must cover: ``(0, 1)`` when the set alternates from
+        epoch to epoch (sequential freezing), else ``(0,)``."""
+        return (0, 1) if self.roles_at(0) != self.roles_at(1) else (0,)
+
     def apply(self, model: nn.Module, epoch: int, step: int | None = None) -> dict[str, Any]:
         """Set ``requires_grad`` of every factor of ``model`` for ``epoch`` / ``step``.
 

@@ -3,6 +3,7 @@ statistics, reference caching, targets and the paper side by side."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -13,10 +14,10 @@ import lrdnb.rankopt
 from lrdnb import paper
 from lrdnb.experiments import accuracy as A
 from lrdnb.experiments.finetune import FineTune, method_stats, paired, spread
-from lrdnb.experiments.references import plateau, smoke_recipe
+from lrdnb.experiments.references import plateau
 
-REF = smoke_recipe(A.reference_recipe("resnet10_cpu"), image_size=16, train_subset=64, test_subset=32, epochs=1,
-                   max_steps_per_epoch=2, batch_size=16)
+REF = replace(A.reference_recipe("resnet10_cpu"), image_size=16, train_subset=64, test_subset=32, epochs=1,
+              max_steps_per_epoch=2, batch_size=16)
 FT = FineTune(epochs=1, train_subset=48, batch_size=16, max_steps_per_epoch=2)
 TINY = dict(finetune=FT, example_batch=2, include=["layer1.*", "fc"], device="cpu", progress=False)
 

@@ -226,3 +226,8 @@ def test_trap_ddp_needs_find_unused_parameters(tmp_path):
             assert failed == should_fail
     finally:
         dist.destroy_process_group()
+
+
+def test_phases_cover_every_frozen_set_a_timing_must_see():
+    assert make_schedule("sequential").phases() == (0, 1)
+    assert make_schedule("regular").phases() == (0,) and make_schedule("none").phases() == (0,)

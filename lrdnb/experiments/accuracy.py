@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,7 +35,7 @@ import torch
 from ..provenance import provenance, resolve_device
 from ..rankopt.measure import interleaved, make_runner, paired_ratios
 from .finetune import FineTune, Job, finals, job_checkpoint, method_stats, run_jobs
-from .references import RECIPES, Recipe, train_reference
+from .references import Recipe, reference_recipe, train_reference
 from .variants import METHODS, Variant, build_variants
 
 __all__ = [
@@ -61,13 +61,6 @@ NOTE_SPEED = ("train_speedup_rr: one training step of every method timed round-r
               "themselves, which ran in parallel worker processes on a shared machine: indicative only.")
 
 
-def reference_recipe(model_name: str, **changes: Any) -> Recipe:
-    """The model's CPU recipe (:data:`~lrdnb.experiments.references.RECIPES`; else a default
-    :class:`Recipe`) with ``changes``."""
-    base = RECIPES.get(model_name, Recipe(model_name))
-    return replace(base, **changes)
-
-
 def interleaved_train_speed(
     variants: dict[str, Variant],
     input_shape: Sequence[int],
@@ -91,8 +84,7 @@ def interleaved_train_speed(
     dev = resolve_device(device)
     runners = {}
     for m, v in variants.items():
-        phases = (0, 1) if v.schedule.roles_at(0) != v.schedule.roles_at(1) else (0,)
-        for e in phases:
+        for e in v.schedule.phases():
             model = copy.deepcopy(v.model).to(dev)
             v.schedule.apply(model, e)
             runners[f"{m}@{e}"] = make_runner(model, input_shape, "step", dev, input_requires_grad=False)

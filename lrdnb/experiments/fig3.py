@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
-import torch
 
 from ..decompose import decompose
 from ..freezing import make_schedule

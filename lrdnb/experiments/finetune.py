@@ -21,7 +21,6 @@ import multiprocessing
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,7 +28,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..freezing import FreezingSchedule, make_schedule
+from ..freezing import make_schedule
 from ..provenance import resolve_device
 from ..train import evaluate, fit
 from .references import Recipe
@@ -74,11 +73,6 @@ def job_checkpoint(folder: str | Path | None, prefix: str, name: str, seed: int,
     return str(Path(folder) / f"{prefix}_{name}_s{seed}_{h}.pt")
 
 
-@lru_cache(maxsize=2)
-def _data(recipe: Recipe, ft: FineTune):
-    return recipe.data("train", augment=ft.augment, subset=ft.train_subset), recipe.data("test")
-
-
 def _run(job: Job, recipe: Recipe, ft: FineTune, device: str, threads: int | None,
          report: Callable[[tuple], None] | Any = None) -> pd.DataFrame:
     """Fine-tune one job; its history rows (plus an ``epochs_done`` 0 row when ``eval_start``).
@@ -87,7 +81,7 @@ def _run(job: Job, recipe: Recipe, ft: FineTune, device: str, threads: int | Non
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
-    train, test = _data(recipe, ft)
+    train, test = recipe.data("train", augment=ft.augment, subset=ft.train_subset), recipe.data("test")
     rows = []
     if job.eval_start:
         rows.append(pd.DataFrame([{"epochs_done": 0, "test_acc": evaluate(job.model, test, dev)}]))

@@ -17,6 +17,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ from ..provenance import resolve_device
 from ..rankopt.cache import default_folder
 from ..train import evaluate, fit, load_checkpoint
 
-__all__ = ["Recipe", "RECIPES", "Reference", "train_reference", "plateau", "reference_folder", "describe", "smoke_recipe"]
+__all__ = ["Recipe", "RECIPES", "Reference", "train_reference", "plateau", "reference_folder", "describe",
+           "reference_recipe"]
 
 
 @dataclass(frozen=True)
@@ -62,11 +64,18 @@ class Recipe:
         return "imagenet" if (self.pretrained or self.weights_path) else "dataset"
 
     def data(self, split: str, augment: bool | None = None, subset: int | None | str = "recipe"):
-        """The recipe's dataset split (``augment`` / ``subset`` overridable for fine-tuning)."""
+        """The recipe's dataset split (``augment`` / ``subset`` overridable for fine-tuning); read
+        once per process and setting (the reference, the example batch, the test scores and the
+        fine-tuning runs all ask for the same splits)."""
         sub = (self.train_subset if split == "train" else self.test_subset) if subset == "recipe" else subset
         aug = (self.augment and split == "train") if augment is None else augment
-        return load_dataset(self.dataset, root=self.data_root, split=split, image_size=self.image_size,
-                            subset=sub, seed=self.seed, normalize=self.normalize, augment=aug)
+        return _split(self, split, aug, sub)
+
+
+@lru_cache(maxsize=8)
+def _split(recipe: Recipe, split: str, augment: bool, subset: int | None):
+    return load_dataset(recipe.dataset, root=recipe.data_root, split=split, image_size=recipe.image_size,
+                        subset=subset, seed=recipe.seed, normalize=recipe.normalize, augment=augment)
 
 
 #: The CPU references: the whole Fashion-MNIST training set, flip + padded-crop augmentation, a
@@ -140,9 +149,10 @@ def train_reference(recipe: Recipe, device: str | torch.device = "auto", folder:
     return Reference(model, recipe, history, info["checkpoint"], reused, acc, train_s, info)
 
 
-def smoke_recipe(recipe: Recipe, **changes: Any) -> Recipe:
-    """``recipe`` with ``changes`` (e.g. tiny subsets and one epoch for the smoke profile)."""
-    return replace(recipe, **changes)
+def reference_recipe(model_name: str, **changes: Any) -> Recipe:
+    """The model's CPU recipe (:data:`RECIPES`; else a default :class:`Recipe`) with ``changes``
+    (e.g. tiny subsets and one epoch for the smoke profile)."""
+    return replace(RECIPES.get(model_name, Recipe(model_name)), **changes)
 
 
 def describe(info: dict[str, Any]) -> str:

@@ -32,7 +32,7 @@ import contextlib
 import copy
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import pandas as pd
@@ -43,9 +43,11 @@ from .. import rankopt
 from ..decompose import apply
 from ..freezing import FreezingSchedule, make_schedule
 from ..plan import plan as make_plan
-from ..provenance import resolve_device
+from ..provenance import provenance, resolve_device
 from ..rankopt.measure import interleaved, make_runner
 from ..spec import Plan
+from .finetune import FineTune, Job, finals, job_checkpoint, method_stats, run_jobs
+from .references import Recipe, train_reference
 from .throughput import count_flops, sign_test
 
 __all__ = ["Point", "build_points", "speed_table", "compile_stats", "pair_table", "front", "RULE_LABELS"]
@@ -151,10 +153,6 @@ def build_points(
     return pts
 
 
-def _phases(p: Point) -> tuple[int, ...]:
-    return (0, 1) if p.schedule.roles_at(0) != p.schedule.roles_at(1) else (0,)
-
-
 def _compiled(model: nn.Module, stats: dict[str, Any]) -> nn.Module:
     """``torch.compile`` (inductor) with the count of graphs it compiles recorded in ``stats``."""
     def backend(gm, inputs):
@@ -209,7 +207,7 @@ def _speed_table(points: dict[str, Point], input_shape: Sequence[int], rounds: i
     runners, comp = {}, {}
     for name, p in points.items():
         for pass_ in ("step", "forward"):
-            for e in (_phases(p) if pass_ == "step" else (0,)):
+            for e in (p.schedule.phases() if pass_ == "step" else (0,)):
                 m = copy.deepcopy(p.model).to(dev)
                 p.schedule.apply(m, e)
                 st: dict[str, Any] = {}
@@ -305,8 +303,8 @@ def cost_columns(points: dict[str, Point], example: torch.Tensor) -> pd.DataFram
 
 
 def tradeoff_table(
-    reference: Any,
-    finetune: Any,
+    reference: Recipe,
+    finetune: FineTune,
     seeds: Sequence[int] = (0, 1),
     workers: int = 1,
     example_batch: int = 32,
@@ -339,12 +337,6 @@ def tradeoff_table(
         paired speed comparisons of the rules at matched settings; one row per (point, seed); and
         provenance with the compile-graph check of the freezing points.
     """
-    from dataclasses import asdict
-
-    from ..provenance import provenance
-    from .finetune import Job, finals, job_checkpoint, method_stats, run_jobs
-    from .references import train_reference
-
     dev = resolve_device(device)
     ref = train_reference(reference, dev, reference_dir, progress)
     train = reference.data("train", augment=False, subset=finetune.train_subset)
