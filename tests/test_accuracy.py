@@ -14,9 +14,9 @@ import lrdnb.rankopt
 from lrdnb import paper
 from lrdnb.experiments import accuracy as A
 from lrdnb.experiments.finetune import FineTune, method_stats, paired, spread
-from lrdnb.experiments.references import plateau
+from lrdnb.experiments.references import describe, plateau, train_reference
 
-REF = replace(A.reference_recipe("resnet10_cpu"), image_size=16, train_subset=64, test_subset=32, epochs=1,
+REF = replace(A.reference_recipe("resnet10_cpu"), image_size=16, train_subset=64, test_subset=32, epochs=1, restart_epochs=0,
               max_steps_per_epoch=2, batch_size=16)
 FT = FineTune(epochs=1, train_subset=48, batch_size=16, max_steps_per_epoch=2)
 TINY = dict(finetune=FT, example_batch=2, include=["layer1.*", "fc"], device="cpu", progress=False)
@@ -114,6 +114,25 @@ def test_paired_statistics():
     assert math.isclose(st.loc["lrd", "drop_vs_original"], 2.0) and math.isclose(st.loc["original", "acc_mean"], 92.0)
     assert "drop_vs_original" not in st.columns or pd.isna(st.loc["original", "drop_vs_original"])
     assert plateau(pd.DataFrame({"test_acc": [0.8, 0.9, 0.91, 0.912, 0.913]})) == pytest.approx(0.3)  # last 2 vs before
+
+
+def test_reference_warm_restart_continues_the_cached_base(tmp_path: Path):
+    base = replace(REF, max_steps_per_epoch=1)
+    assert replace(base, restart_lr=0.5).key() == base.key()  # restart fields count only when there is a restart
+    rec = replace(base, restart_epochs=2, restart_lr=0.003)
+    assert rec.key() != base.key()
+    ref = train_reference(rec, "cpu", tmp_path, progress=False)
+    h = ref.history
+    assert h["stage"].tolist() == ["cosine", "restart", "restart"] and h["epoch"].tolist() == [0, 1, 2]
+    assert h["lr"].iloc[1] == pytest.approx(0.003) and h["lr"].iloc[0] == pytest.approx(base.lr)
+    assert ref.acc == pytest.approx(h["test_acc"].iloc[-1]) and not ref.reused
+    assert ref.info["plateau_pts"] == pytest.approx(plateau(h))
+    assert sorted(p.name for p in tmp_path.glob("reference_*.pt")) == sorted(
+        f"reference_resnet10_cpu_fashion-mnist_{r.key()}.pt" for r in (base, rec))
+    assert "then a warm restart of 2 cosine epochs from lr 0.003" in describe(ref.info)
+    again = train_reference(rec, "cpu", tmp_path, progress=False)  # both stages from the cache
+    assert again.reused and again.history["test_acc"].tolist() == h["test_acc"].tolist()
+    assert all(torch.equal(a, b) for a, b in zip(ref.model.state_dict().values(), again.model.state_dict().values()))
 
 
 def _table(drops, speeds, sd=0.1):

@@ -3,8 +3,8 @@
 The paper decomposes ImageNet-pretrained models and fine-tunes them: what its accuracy tables and
 Fig. 3 measure is recovering a *good* model after decomposition. No pretrained weights can be
 fetched on an offline CPU, so :func:`train_reference` trains the undecomposed model from scratch
-on the whole training set until the test accuracy plateaus (a cosine schedule; the recipe is the
-cache key), then every notebook that names the same recipe loads the same checkpoint. The
+on the whole training set until the test accuracy plateaus (a cosine schedule, then a warm
+restart whose last epochs must no longer gain; the recipe is the cache key), then every notebook that names the same recipe loads the same checkpoint. The
 checkpoints live in the per-user cache (``$LRDNB_CACHE/references``) unless a folder is given, so
 the ``cpu`` and ``cpu-full`` profiles and the trade-off notebook share one reference.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -38,7 +37,10 @@ __all__ = ["Recipe", "RECIPES", "Reference", "train_reference", "plateau", "refe
 @dataclass(frozen=True)
 class Recipe:
     """How a reference is trained: from scratch (or from ``pretrained`` weights) with SGD momentum
-    0.9 and a cosine lr over ``epochs`` (``epochs=0``: the weights as loaded, the paper's case)."""
+    0.9 and a cosine lr over ``epochs`` (``epochs=0``: the weights as loaded, the paper's case),
+    then, if ``restart_epochs``, a warm restart (SGDR, Loshchilov & Hutter 2017): that many more
+    cosine epochs from ``restart_lr``. The restart is what shows the plateau: if the model had
+    not converged, another annealing cycle would still raise its accuracy."""
 
     model: str
     dataset: str = "fashion-mnist"
@@ -55,9 +57,14 @@ class Recipe:
     weights_path: str | None = None
     data_root: str | None = None
     max_steps_per_epoch: int | None = None
+    restart_epochs: int = 0
+    restart_lr: float = 0.01
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        d = asdict(self)
+        if not self.restart_epochs:  # recipes without a restart keep the keys they had before it existed
+            del d["restart_epochs"], d["restart_lr"]
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
     @property
     def normalize(self) -> str:
@@ -79,10 +86,11 @@ def _split(recipe: Recipe, split: str, augment: bool, subset: int | None):
 
 
 #: The CPU references: the whole Fashion-MNIST training set, flip + padded-crop augmentation, a
-#: cosine lr long enough to plateau (see :func:`plateau` in the notebooks' outputs).
+#: cosine lr, then a warm restart at a fifth of the first peak lr whose last epochs show whether
+#: accuracy still rises (:func:`plateau`, printed in the notebooks' outputs).
 RECIPES = {
-    "resnet10_cpu": Recipe("resnet10_cpu", image_size=28, epochs=8, lr=0.1),
-    "vit_tiny_cpu": Recipe("vit_tiny_cpu", image_size=16, epochs=10, lr=0.05),
+    "resnet10_cpu": Recipe("resnet10_cpu", image_size=28, epochs=8, lr=0.1, restart_epochs=4, restart_lr=0.02),
+    "vit_tiny_cpu": Recipe("vit_tiny_cpu", image_size=16, epochs=10, lr=0.05, restart_epochs=6, restart_lr=0.01),
 }
 
 
@@ -119,29 +127,39 @@ def train_reference(recipe: Recipe, device: str | torch.device = "auto", folder:
     """Build ``recipe.model`` and train it per ``recipe``, or load the finished checkpoint.
 
     The checkpoint name hashes the whole recipe, so another recipe trains a new reference and an
-    interrupted one resumes after its last finished epoch (:func:`lrdnb.train.fit`).
+    interrupted one resumes after its last finished epoch (:func:`lrdnb.train.fit`). A recipe with
+    a warm restart first trains (or loads) the same recipe without it, then continues from there
+    into its own checkpoint.
 
     Returns:
-        :class:`Reference` (model in eval mode on ``device``; ``train_s`` is the training time
-        recorded in the checkpoint's rows, ``reused`` whether nothing had to be trained).
+        :class:`Reference` (model in eval mode on ``device``; ``history`` has every epoch of both
+        stages, ``train_s`` is their summed training time, ``reused`` whether nothing had to be trained).
     """
     dev = resolve_device(device)
-    torch.manual_seed(recipe.seed)
     train, test = recipe.data("train"), recipe.data("test")
-    model = get_model(recipe.model, num_classes=len(train.classes) or 10, pretrained=recipe.pretrained,
-                      weights_path=recipe.weights_path, image_size=recipe.image_size)
+    if recipe.restart_epochs:
+        base = train_reference(replace(recipe, restart_epochs=0), dev, folder, progress)
+        model, epochs, lr, seed = base.model, recipe.restart_epochs, recipe.restart_lr, recipe.seed + 1
+    else:
+        base = None
+        torch.manual_seed(recipe.seed)
+        model = get_model(recipe.model, num_classes=len(train.classes) or 10, pretrained=recipe.pretrained,
+                          weights_path=recipe.weights_path, image_size=recipe.image_size)
+        epochs, lr, seed = recipe.epochs, recipe.lr, recipe.seed
     ckpt, reused, history = None, False, pd.DataFrame()
-    if recipe.epochs > 0:
+    if epochs > 0:
         ckpt = reference_folder(folder) / f"reference_{recipe.model}_{recipe.dataset}_{recipe.key()}.pt"
-        reused = ckpt.exists() and len(load_checkpoint(ckpt)["history"]) >= recipe.epochs
-        t0 = time.perf_counter()
-        history = fit(model, train, test, recipe.epochs, lr=recipe.lr, lr_schedule="cosine", schedule="none",
+        reused = ckpt.exists() and len(load_checkpoint(ckpt)["history"]) >= epochs
+        history = fit(model, train, test, epochs, lr=lr, lr_schedule="cosine", schedule="none",
                       batch_size=recipe.batch_size, weight_decay=recipe.weight_decay, device=dev, checkpoint=ckpt,
-                      max_steps_per_epoch=recipe.max_steps_per_epoch, progress=progress, seed=recipe.seed)
-        if not reused:
-            history.attrs["wall_s"] = time.perf_counter() - t0
+                      max_steps_per_epoch=recipe.max_steps_per_epoch, progress=progress, seed=seed)
+        history.insert(0, "stage", "restart" if base is not None else "cosine")
     model.to(dev).eval()
     acc = float(history["test_acc"].iloc[-1]) if len(history) else evaluate(model, test, dev)
+    if base is not None:
+        history["epoch"] += len(base.history)
+        history = pd.concat([base.history, history], ignore_index=True)
+        reused = reused and base.reused
     train_s = float(history["epoch_s"].sum()) if "epoch_s" in history else float("nan")
     info = {"recipe": asdict(recipe), "key": recipe.key(), "checkpoint": None if ckpt is None else str(ckpt),
             "reused": reused, "acc": acc, "train_s": train_s, "plateau_pts": plateau(history),
@@ -158,7 +176,9 @@ def reference_recipe(model_name: str, **changes: Any) -> Recipe:
 def describe(info: dict[str, Any]) -> str:
     """One line on a reference (:attr:`Reference.info`): accuracy, data, plateau, training time."""
     r = info["recipe"]
-    how = (f"{r['epochs']} cosine epochs on {info['n_train']:,} training images"
+    restart = (f", then a warm restart of {r['restart_epochs']} cosine epochs from lr {r['restart_lr']}"
+               if r.get("restart_epochs") else "")
+    how = (f"{r['epochs']} cosine epochs from lr {r['lr']}{restart}, on {info['n_train']:,} training images"
            + (" (flip + crop)" if r["augment"] else "")) if r["epochs"] else "weights as loaded, not trained"
     trained = "loaded from the cache" if info["reused"] else "trained in this run"
     pl = info.get("plateau_pts", float("nan"))
