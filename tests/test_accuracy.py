@@ -119,7 +119,7 @@ def test_paired_statistics():
 def test_reference_warm_restart_continues_the_cached_base(tmp_path: Path):
     base = replace(REF, max_steps_per_epoch=1)
     assert replace(base, restart_lr=0.5).key() == base.key()  # restart fields count only when there is a restart
-    rec = replace(base, restart_epochs=2, restart_lr=0.003)
+    rec = replace(base, restart_epochs=2, restart_lr=0.003, restarts=1)
     assert rec.key() != base.key()
     ref = train_reference(rec, "cpu", tmp_path, progress=False)
     h = ref.history
@@ -133,6 +133,9 @@ def test_reference_warm_restart_continues_the_cached_base(tmp_path: Path):
     again = train_reference(rec, "cpu", tmp_path, progress=False)  # both stages from the cache
     assert again.reused and again.history["test_acc"].tolist() == h["test_acc"].tolist()
     assert all(torch.equal(a, b) for a, b in zip(ref.model.state_dict().values(), again.model.state_dict().values()))
+    two = train_reference(replace(rec, restarts=2), "cpu", tmp_path, progress=False)  # one more cycle from the first
+    assert two.history["epoch"].tolist() == [0, 1, 2, 3, 4] and two.history["test_acc"].tolist()[:3] == h["test_acc"].tolist()
+    assert "then 2 warm restarts of 2 cosine epochs" in describe(two.info) and len(list(tmp_path.glob("reference_*.pt"))) == 3
 
 
 def _table(drops, speeds, sd=0.1):

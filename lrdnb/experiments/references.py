@@ -38,9 +38,9 @@ __all__ = ["Recipe", "RECIPES", "Reference", "train_reference", "plateau", "refe
 class Recipe:
     """How a reference is trained: from scratch (or from ``pretrained`` weights) with SGD momentum
     0.9 and a cosine lr over ``epochs`` (``epochs=0``: the weights as loaded, the paper's case),
-    then, if ``restart_epochs``, a warm restart (SGDR, Loshchilov & Hutter 2017): that many more
-    cosine epochs from ``restart_lr``. The restart is what shows the plateau: if the model had
-    not converged, another annealing cycle would still raise its accuracy."""
+    then, if ``restart_epochs``, ``restarts`` warm restarts (SGDR, Loshchilov & Hutter 2017): each
+    that many more cosine epochs from ``restart_lr``. The last restart is what shows the plateau:
+    if the model had not converged, another annealing cycle would still raise its accuracy."""
 
     model: str
     dataset: str = "fashion-mnist"
@@ -59,10 +59,13 @@ class Recipe:
     max_steps_per_epoch: int | None = None
     restart_epochs: int = 0
     restart_lr: float = 0.01
+    restarts: int = 1
 
     def key(self) -> str:
-        d = asdict(self)
-        if not self.restart_epochs:  # recipes without a restart keep the keys they had before it existed
+        d = asdict(self)  # fields at their defaults leave the keys of recipes made before them unchanged
+        if d["restarts"] == 1 or not self.restart_epochs:
+            del d["restarts"]
+        if not self.restart_epochs:
             del d["restart_epochs"], d["restart_lr"]
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -89,7 +92,7 @@ def _split(recipe: Recipe, split: str, augment: bool, subset: int | None):
 #: cosine lr, then a warm restart at a fifth of the first peak lr whose last epochs show whether
 #: accuracy still rises (:func:`plateau`, printed in the notebooks' outputs).
 RECIPES = {
-    "resnet10_cpu": Recipe("resnet10_cpu", image_size=28, epochs=8, lr=0.1, restart_epochs=4, restart_lr=0.02),
+    "resnet10_cpu": Recipe("resnet10_cpu", image_size=28, epochs=8, lr=0.1, restart_epochs=4, restart_lr=0.02, restarts=2),
     "vit_tiny_cpu": Recipe("vit_tiny_cpu", image_size=16, epochs=10, lr=0.05, restart_epochs=6, restart_lr=0.01),
 }
 
@@ -137,9 +140,10 @@ def train_reference(recipe: Recipe, device: str | torch.device = "auto", folder:
     """
     dev = resolve_device(device)
     train, test = recipe.data("train"), recipe.data("test")
-    if recipe.restart_epochs:
-        base = train_reference(replace(recipe, restart_epochs=0), dev, folder, progress)
-        model, epochs, lr, seed = base.model, recipe.restart_epochs, recipe.restart_lr, recipe.seed + 1
+    if recipe.restart_epochs and recipe.restarts > 0:
+        before = replace(recipe, restarts=recipe.restarts - 1) if recipe.restarts > 1 else replace(recipe, restart_epochs=0)
+        base = train_reference(before, dev, folder, progress)
+        model, epochs, lr, seed = base.model, recipe.restart_epochs, recipe.restart_lr, recipe.seed + recipe.restarts
     else:
         base = None
         torch.manual_seed(recipe.seed)
@@ -176,8 +180,9 @@ def reference_recipe(model_name: str, **changes: Any) -> Recipe:
 def describe(info: dict[str, Any]) -> str:
     """One line on a reference (:attr:`Reference.info`): accuracy, data, plateau, training time."""
     r = info["recipe"]
-    restart = (f", then a warm restart of {r['restart_epochs']} cosine epochs from lr {r['restart_lr']}"
-               if r.get("restart_epochs") else "")
+    n = r.get("restarts", 1)
+    restart = (f", then {'a warm restart' if n == 1 else f'{n} warm restarts'} of {r['restart_epochs']} cosine epochs"
+               f" from lr {r['restart_lr']}" if r.get("restart_epochs") and n else "")
     how = (f"{r['epochs']} cosine epochs from lr {r['lr']}{restart}, on {info['n_train']:,} training images"
            + (" (flip + crop)" if r["augment"] else "")) if r["epochs"] else "weights as loaded, not trained"
     trained = "loaded from the cache" if info["reused"] else "trained in this run"
