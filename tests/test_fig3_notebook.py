@@ -40,6 +40,10 @@ def test_notebook_smoke(tmp_path, monkeypatch):
     assert {"epochs_to_target_mean", "epochs_to_target_sd", "final_acc_mean", "final_acc_sd"} <= set(summary)
     cmp = smeta["results"]["comparison"]
     assert cmp["paper_ratio"] == pytest.approx(20 / 26) and set(cmp["ratio_per_seed"]) <= {str(s) for s in seeds}
+    sweep, _ = read_results("fig3_targets_smoke", tmp_path / "data")
+    assert sweep.gap_pts.tolist() == [1.5, 2.0, 2.5, 3.0, 4.0] and (sweep.ties + sweep.sequential_first
+                                                                  + sweep.regular_first == len(seeds)).all()
+    assert len(smeta["results"]["epoch_diff"]) == epochs + 1
     assert (tmp_path / "figures" / "fig3_sequential_vs_regular_freezing_smoke.png").stat().st_size > 1000
     assert len(list((tmp_path / "ck").glob("fig3_*.pt"))) == 2 * len(seeds)  # one per schedule and seed
     assert len(list((tmp_path / "cache" / "references").glob("reference_*.pt"))) == 1
@@ -68,3 +72,20 @@ def test_per_seed_summary_and_paired_ratio():
     assert c["seeds_not_reached"] == 1 and c["ratio_seeds"] == 2 and c["reached_b"] == 2
     # regular never reached it in seed 2: counted at budget + 1 = 9 epochs, so the mean ratio is a bound
     assert c["ratio_censored_mean"] == pytest.approx((3 / 4 + 4 / 5 + 4 / 9) / 3)
+
+
+def test_target_sweep_and_epoch_diff():
+    from lrdnb.experiments.fig3 import epoch_diff, target_sweep
+
+    # sequential is 1 point ahead at every epoch in all 3 seeds, with per-seed offsets 0, 0.5, 1
+    rows = [{"schedule": name, "seed": s, "epochs_done": k, "test_acc": (80 + k + 0.5 * s + (name == "sequential")) / 100}
+            for name in ("regular", "sequential") for s in range(3) for k in range(5)]
+    df = pd.DataFrame(rows)
+    d = epoch_diff(df).set_index("epochs_done")
+    assert d["mean"].tolist() == pytest.approx([1.0] * 5) and d["sd"].tolist() == pytest.approx([0.0] * 5)
+    sw = target_sweep(df, reference_acc=0.862, gaps=(1.5, 10.0)).set_index("gap_pts")
+    assert sw.loc[10.0, "ties"] == 3 and sw.loc[10.0, "ratio_mean"] == pytest.approx(1.0)  # 76.2%: all at epoch 1
+    # 84.7%: sequential at epochs 4, 4, 3; regular only in seed 2 (epoch 4)
+    assert sw.loc[1.5, "reached_sequential"] == 3 and sw.loc[1.5, "reached_regular"] == 1
+    assert sw.loc[1.5, "sequential_first"] == 3 and sw.loc[1.5, "regular_first"] == 0
+    assert sw.loc[1.5, "ratio_mean"] == pytest.approx(3 / 4) and sw.loc[1.5, "ratio_seeds"] == 1

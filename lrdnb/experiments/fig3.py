@@ -36,7 +36,7 @@ from ..train import evaluate
 from .finetune import FineTune, Job, job_checkpoint, paired, run_jobs, spread
 from .references import RECIPES, Recipe, train_reference
 
-__all__ = ["freezing_convergence", "epochs_to_target", "per_seed", "summarize", "compare"]
+__all__ = ["freezing_convergence", "epochs_to_target", "per_seed", "summarize", "compare", "target_sweep", "epoch_diff"]
 
 def freezing_convergence(
     reference: Recipe | None = None,
@@ -179,3 +179,26 @@ def compare(seeds: pd.DataFrame, a: str = "sequential", b: str = "regular") -> d
         "paper_ratio": pa["epochs_to_target"] / pb["epochs_to_target"],
         "paper_final_diff_pts": 100 * (pa["final_acc"] - pb["final_acc"]),
     }
+
+
+def target_sweep(df: pd.DataFrame, reference_acc: float, gaps: Sequence[float] = (1.5, 2.0, 2.5, 3.0, 4.0),
+                 a: str = "sequential", b: str = "regular") -> pd.DataFrame:
+    """:func:`compare` at several targets, ``gap`` points under ``reference_acc``, from the same runs:
+    whether the answer depends on where the bar is set (one row per gap: seeds that reached it per
+    schedule, seeds where each was first, the sign test, the paired and the censored ratio)."""
+    rows = []
+    for gap in gaps:
+        c = compare(per_seed(df, reference_acc - gap / 100), a, b)
+        rows.append({"gap_pts": gap, "target_acc": reference_acc - gap / 100, **{k: c[k] for k in (
+            "reached_a", "reached_b", "a_first", "b_first", "ties", "p_sign_a_first", "ratio_mean", "ratio_ci95",
+            "ratio_seeds", "ratio_censored_mean")}})
+    return pd.DataFrame(rows).rename(columns={"reached_a": f"reached_{a}", "reached_b": f"reached_{b}",
+                                              "a_first": f"{a}_first", "b_first": f"{b}_first"})
+
+
+def epoch_diff(df: pd.DataFrame, a: str = "sequential", b: str = "regular") -> pd.DataFrame:
+    """Test accuracy of ``a`` minus ``b`` in points at every epoch, paired by seed (mean, sd, 95%
+    interval, ``beyond`` = the interval excludes 0): is one schedule ahead all along, or only at the end?"""
+    w = 100 * df.pivot_table(index="epochs_done", columns=["schedule", "seed"], values="test_acc")
+    rows = [{"epochs_done": int(e), **paired(w.loc[e, a], w.loc[e, b])} for e in w.index]
+    return pd.DataFrame(rows)
