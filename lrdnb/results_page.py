@@ -249,20 +249,9 @@ def readme_block(root: str | Path, tag: str = "cpu") -> str:
                      f"{paper.FIG2['step_pct']:.0f}% step from {paper.FIG2['step_from']} to {paper.FIG2['step_to']}].")
     f3 = data / f"{ARTIFACTS['fig3'].main(tag)}.csv"
     if f3.exists():
-        s3 = pd.read_csv(f3).set_index("schedule")
-        c = (read_meta(data, ARTIFACTS["fig3"].main(tag)) or {}).get("results", {}).get("comparison") or {}
-        ratio = (f"; sequential reached it first in {c['a_first']} of {c['seeds']} seeds (regular in {c['b_first']}; "
-                 f"sign test p = {c['p_sign_a_first']:.2f}), epochs to target sequential / regular "
-                 f"{c['ratio_censored_mean']:.2f} with misses counted at the budget + 1 [{c['paper_ratio']:.2f}]"
-                 ) if "a_first" in c else ""
-        lines.append(f"**Fig. 3** ({int(s3['seeds'].iloc[0])} seeds): the target ({100 * s3['target_acc'].iloc[0]:.2f}%) "
-                     f"is reached by sequential freezing in {s3.loc['sequential', 'reached']} seeds (mean epoch "
-                     f"{s3.loc['sequential', 'epochs_to_target_mean']:.1f}), by regular in {s3.loc['regular', 'reached']} "
-                     f"(mean epoch {s3.loc['regular', 'epochs_to_target_mean']:.1f}) "
-                     f"[{paper.FIG3['sequential']['epochs_to_target']} vs {paper.FIG3['regular']['epochs_to_target']} "
-                     f"epochs to 95%]{ratio}; final accuracy {100 * s3.loc['sequential', 'final_acc_mean']:.2f}% vs "
-                     f"{100 * s3.loc['regular', 'final_acc_mean']:.2f}% [{100 * paper.FIG3['sequential']['final_acc']:.2f}% vs "
-                     f"{100 * paper.FIG3['regular']['final_acc']:.2f}%].")
+        res = (read_meta(data, ARTIFACTS["fig3"].main(tag)) or {}).get("results", {})
+        lines.append(_fig3_sentence(pd.read_csv(f3).set_index("schedule"), res.get("comparison") or {},
+                                    res.get("target_sweep") or []))
     ft = data / f"{ARTIFACTS['tradeoff'].main(tag)}.csv"
     if ft.exists():
         t = pd.read_csv(ft)
@@ -276,6 +265,39 @@ def readme_block(root: str | Path, tag: str = "cpu") -> str:
     if lines:
         out.append(" ".join(lines))
     return "\n\n".join(out)
+
+
+def _fig3_sentence(s3: pd.DataFrame, c: dict, sweep: list[dict]) -> str:
+    """Fig. 3 in one paragraph: who reached the pre-set target and when, the paired comparison, the
+    same runs at other targets (``target_sweep``), the final accuracy; the paper in brackets."""
+    seeds, epochs = int(s3["seeds"].iloc[0]), int(s3["epochs"].max())
+
+    def reached(name: str) -> str:
+        r = s3.loc[name]
+        n = int(r["reached"])
+        return f"{n} of {seeds} seeds" + (f" (mean epoch {r['epochs_to_target_mean']:.1f})" if n else "")
+
+    target = f"the target set before the run ({100 * s3['target_acc'].iloc[0]:.2f}%)"
+    if s3["reached"].sum():
+        text = f"{target} is reached by sequential freezing in {reached('sequential')}, by regular in {reached('regular')}"
+    else:
+        text = f"neither schedule reached {target} within {epochs} epochs"
+    text += f" [{paper.FIG3['sequential']['epochs_to_target']} vs {paper.FIG3['regular']['epochs_to_target']} epochs to 95%]"
+    if c.get("a_first", 0) + c.get("b_first", 0):
+        text += (f"; sequential reached it first in {c['a_first']} of {c['seeds']} seeds (regular in {c['b_first']}; "
+                 f"sign test p = {c['p_sign_a_first']:.2f}), epochs to target sequential / regular "
+                 f"{c['ratio_censored_mean']:.2f} with misses counted at the budget + 1 [{c['paper_ratio']:.2f}]")
+    others = [r for r in sweep if r["reached_sequential"] + r["reached_regular"]]
+    if others:
+        j = lambda k: " / ".join(f"{r[k]:g}" for r in others)
+        text += (f"; at {j('gap_pts')} points under the reference, sequential got there first in {j('sequential_first')} "
+                 f"of {seeds} seeds, regular in {j('regular_first')}")
+    r = s3.loc["sequential"], s3.loc["regular"]
+    diff = (f" (difference {c['final_diff_pts']:+.2f} +- {c['final_diff_ci95']:.2f} points, 95% interval)"
+            if "final_diff_pts" in c else "")
+    return (f"**Fig. 3** ({seeds} seeds): {text}; final accuracy {100 * r[0]['final_acc_mean']:.2f}% vs "
+            f"{100 * r[1]['final_acc_mean']:.2f}%{diff} [{100 * paper.FIG3['sequential']['final_acc']:.2f}% vs "
+            f"{100 * paper.FIG3['regular']['final_acc']:.2f}%].")
 
 
 def update_readme(root: str | Path, readme: str | Path | None = None, tag: str = "cpu") -> str:

@@ -40,3 +40,27 @@ def test_readme_results_block_is_up_to_date():
     assert update_readme(ROOT) == (ROOT / "README.md").read_text(), \
         "the README's results block is stale: run `python -m lrdnb results` and commit it"
     assert "issue" not in (ROOT / "README.md").read_text().lower()
+
+
+def test_fig3_sentence_says_when_no_schedule_reached_the_target():
+    import pandas as pd
+
+    from lrdnb.results_page import _fig3_sentence
+
+    s3 = pd.DataFrame({"schedule": ["regular", "sequential"], "seeds": 3, "epochs": 12, "target_acc": 0.9013,
+                       "reached": [0, 0], "epochs_to_target_mean": float("nan"),
+                       "final_acc_mean": [0.8828, 0.8913]}).set_index("schedule")
+    c = {"a_first": 0, "b_first": 0, "seeds": 3, "final_diff_pts": 0.85, "final_diff_ci95": 0.79}
+    sweep = [{"gap_pts": 1.5, "reached_sequential": 0, "reached_regular": 0, "sequential_first": 0, "regular_first": 0},
+             {"gap_pts": 2.5, "reached_sequential": 3, "reached_regular": 3, "sequential_first": 1, "regular_first": 0}]
+    text = _fig3_sentence(s3, c, sweep)
+    assert "neither schedule reached the target set before the run (90.13%) within 12 epochs" in text
+    assert "nan" not in text and "sign test" not in text
+    assert "at 2.5 points under the reference, sequential got there first in 1 of 3 seeds, regular in 0" in text
+    assert "(difference +0.85 +- 0.79 points, 95% interval)" in text
+    s3["reached"] = [1, 3]
+    s3["epochs_to_target_mean"] = [9.0, 6.0]
+    c |= {"a_first": 3, "b_first": 0, "p_sign_a_first": 0.125, "ratio_censored_mean": 0.6, "paper_ratio": 20 / 26}
+    text = _fig3_sentence(s3, c, sweep)
+    assert "reached by sequential freezing in 3 of 3 seeds (mean epoch 6.0), by regular in 1 of 3 seeds (mean epoch 9.0)" in text
+    assert "sign test p = 0.12" in text
