@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import importlib
 import os
+import random
 import warnings
 
 import pytest
@@ -240,6 +241,11 @@ def test_load_of_non_checkpoints(tmp_path, saved):
         lrdnb.load(junk, Net())
     assert f"{junk} is not an lrdnb checkpoint" in str(e.value) and "weights_only" not in str(e.value)
     assert e.value.__suppress_context__ and e.value.__cause__ is None
+    rng = random.Random(0)
+    for i in range(200):  # random bytes used to leak the unpickler's IndexError / KeyError now and then
+        junk.write_bytes(rng.randbytes(rng.randrange(1, 512)))
+        with pytest.raises(ValueError, match="not an lrdnb checkpoint"):
+            lrdnb.load(junk, Net())
     empty = tmp_path / "empty.pt"
     empty.touch()
     with pytest.raises(ValueError, match=f"{empty} is empty"):
