@@ -292,11 +292,11 @@ def _fig3_sentence(s3: pd.DataFrame, c: dict, sweep: list[dict]) -> str:
         j = lambda k: " / ".join(f"{r[k]:g}" for r in others)
         text += (f"; at {j('gap_pts')} points under the reference, sequential got there first in {j('sequential_first')} "
                  f"of {seeds} seeds, regular in {j('regular_first')}")
-    r = s3.loc["sequential"], s3.loc["regular"]
+    seq, reg = s3.loc["sequential"], s3.loc["regular"]
     diff = (f" (difference {c['final_diff_pts']:+.2f} +- {c['final_diff_ci95']:.2f} points, 95% interval)"
             if "final_diff_pts" in c else "")
-    return (f"**Fig. 3** ({seeds} seeds): {text}; final accuracy {100 * r[0]['final_acc_mean']:.2f}% vs "
-            f"{100 * r[1]['final_acc_mean']:.2f}%{diff} [{100 * paper.FIG3['sequential']['final_acc']:.2f}% vs "
+    return (f"**Fig. 3** ({seeds} seeds): {text}; final accuracy {100 * seq['final_acc_mean']:.2f}% vs "
+            f"{100 * reg['final_acc_mean']:.2f}%{diff} [{100 * paper.FIG3['sequential']['final_acc']:.2f}% vs "
             f"{100 * paper.FIG3['regular']['final_acc']:.2f}%].")
 
 

@@ -188,8 +188,9 @@ def target_sweep(df: pd.DataFrame, reference_acc: float, gaps: Sequence[float] =
     schedule, seeds where each was first, the sign test, the paired and the censored ratio)."""
     rows = []
     for gap in gaps:
-        c = compare(per_seed(df, reference_acc - gap / 100), a, b)
-        rows.append({"gap_pts": gap, "target_acc": reference_acc - gap / 100, **{k: c[k] for k in (
+        target = reference_acc - gap / 100
+        c = compare(per_seed(df, target), a, b)
+        rows.append({"gap_pts": gap, "target_acc": target, **{k: c[k] for k in (
             "reached_a", "reached_b", "a_first", "b_first", "ties", "p_sign_a_first", "ratio_mean", "ratio_ci95",
             "ratio_seeds", "ratio_censored_mean")}})
     return pd.DataFrame(rows).rename(columns={"reached_a": f"reached_{a}", "reached_b": f"reached_{b}",

@@ -3,10 +3,11 @@
 The paper decomposes ImageNet-pretrained models and fine-tunes them: what its accuracy tables and
 Fig. 3 measure is recovering a *good* model after decomposition. No pretrained weights can be
 fetched on an offline CPU, so :func:`train_reference` trains the undecomposed model from scratch
-on the whole training set until the test accuracy plateaus (a cosine schedule, then a warm
-restart whose last epochs must no longer gain; the recipe is the cache key), then every notebook that names the same recipe loads the same checkpoint. The
-checkpoints live in the per-user cache (``$LRDNB_CACHE/references``) unless a folder is given, so
-the ``cpu`` and ``cpu-full`` profiles and the trade-off notebook share one reference.
+on the whole training set until the test accuracy plateaus (a cosine schedule, then warm restarts
+whose last epochs must no longer gain; the recipe is the cache key), then every notebook that
+names the same recipe loads the same checkpoint. The checkpoints live in the per-user cache
+(``$LRDNB_CACHE/references``) unless a folder is given, so the ``cpu`` and ``cpu-full`` profiles
+and the trade-off notebook share one reference.
 
 :data:`RECIPES` are the CPU references the notebooks use; :func:`plateau` states whether the last
 epochs still gained accuracy.
@@ -89,7 +90,7 @@ def _split(recipe: Recipe, split: str, augment: bool, subset: int | None):
 
 
 #: The CPU references: the whole Fashion-MNIST training set, flip + padded-crop augmentation, a
-#: cosine lr, then a warm restart at a fifth of the first peak lr whose last epochs show whether
+#: cosine lr, then warm restarts at a fifth of the first peak lr, the last of which shows whether
 #: accuracy still rises (:func:`plateau`, printed in the notebooks' outputs).
 RECIPES = {
     "resnet10_cpu": Recipe("resnet10_cpu", image_size=28, epochs=8, lr=0.1, restart_epochs=4, restart_lr=0.02, restarts=2),
