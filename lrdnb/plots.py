@@ -255,10 +255,13 @@ def plot_accuracy_table(
     compare: pd.DataFrame | None = None,
     title: str | None = None,
     per_seed: pd.DataFrame | None = None,
+    references: dict[str, dict] | None = None,
 ):
-    """Tables 3 / 4 over seeds: fine-tuning curves per method, accuracy drop and training speed-up.
+    """Tables 3 / 4 over seeds: the reference's training, fine-tuning curves per method, accuracy
+    drop and training speed-up.
 
-    One row of panels per model in ``ours``: test accuracy per fine-tuning epoch (mean and
+    One row of panels per model in ``ours``: the reference's test accuracy per training epoch
+    (:func:`plot_reference`), test accuracy per fine-tuning epoch (mean and
     min-max band over seeds; epoch 0 = right after decomposition), the drop vs the original (bars:
     mean +- sd of the per-seed paired drops, dots: seeds, diamonds: the paper's one run) and the
     training speed-up (the round-robin ``train_speedup_rr`` with min-max whiskers where measured).
@@ -268,9 +271,11 @@ def plot_accuracy_table(
         history: its per-epoch table; ``None`` leaves out the curves panels.
         compare: :func:`lrdnb.experiments.accuracy.side_by_side` (the paper's values); ``None`` = ours only.
         per_seed: its per-seed table (dots on the drop panel).
+        references: model -> its reference's ``info`` (:class:`lrdnb.experiments.references.Reference`);
+            ``None`` leaves out the reference panels.
     """
     models = list(dict.fromkeys(ours["model"])) if "model" in ours else [None]
-    panels = (["curves"] if history is not None else []) + ["drop", "speed"]
+    panels = (["reference"] if references else []) + (["curves"] if history is not None else []) + ["drop", "speed"]
     fig, grid = plt.subplots(len(models), len(panels), figsize=(4.8 * len(panels), 3.8 * len(models)), squeeze=False)
     for row, model in enumerate(models):
         sel = (lambda d: d if model is None or d is None else d[d["model"] == model])
@@ -278,7 +283,11 @@ def plot_accuracy_table(
         if compare is not None:
             c = sel(compare)[["method", "paper_model", "paper_drop_pts", "paper_train_speedup_pct"]]
             o = o.merge(c, on="method", how="left")
-        _accuracy_row(dict(zip(panels, grid[row])), o, sel(history), sel(per_seed), model)
+        axes = dict(zip(panels, grid[row]))
+        if references:
+            info = references.get(model) if model in references else next(iter(references.values()))
+            plot_reference(info, axes["reference"])
+        _accuracy_row(axes, o, sel(history), sel(per_seed), model)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -336,7 +345,34 @@ def _accuracy_row(axes: dict, ours: pd.DataFrame, history, per_seed, model) -> N
     ax.set_title("round-robin training steps" if rr else "indicative (fine-tuning runs)", fontsize=8)
 
 
-__all__ += ["plot_accuracy_table"]
+def plot_reference(info: dict, ax=None):
+    """A reference's training: test accuracy per epoch of the cosine schedule and of each warm
+    restart (dashed lines where the lr jumps back up), titled with the plateau criterion (the
+    last 2 epochs' gain over the best before them, :func:`lrdnb.experiments.references.plateau`)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.8, 3.8))
+    h = pd.DataFrame(info["rows"])
+    ax.plot(h["epoch"] + 1, 100 * h["test_acc"], "o-", ms=3, color="tab:blue", label="test accuracy")
+    jumps = h["epoch"][h["lr"].diff() > 0]
+    for e in jumps:
+        ax.axvline(e + 0.5, color="gray", ls="--", lw=0.8)
+    if len(jumps):
+        ax.plot([], [], color="gray", ls="--", lw=0.8, label="warm restart")
+    tail = 100 * h["test_acc"].iloc[len(h) // 2:]
+    ax.set_ylim(tail.min() - 1.5, tail.max() + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(f"training epoch ({info['n_train']:,} images)")
+    ax.set_ylabel("reference test accuracy (%)")
+    from .experiments.references import PLATEAU_PTS
+
+    gain = info.get("plateau_pts", float("nan"))
+    ax.set_title(f"reference {100 * info['acc']:.2f}%; last 2 epochs {gain:+.2f} pts "
+                 f"({'plateau' if gain < PLATEAU_PTS else 'not plateaued'}: < {PLATEAU_PTS})", fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
+    return ax.figure
+
+
+__all__ += ["plot_accuracy_table", "plot_reference"]
 
 
 def plot_tradeoff(table: pd.DataFrame, paper_table: pd.DataFrame | None = None, paper_model: str = "resnet50",

@@ -192,3 +192,12 @@ def test_plot_accuracy_table_one_row_per_model():
                               per_seed=per_seed)
     assert len(fig.axes) == 6
     plt.close(fig)
+    accs, lrs = [0.80, 0.85, 0.86, 0.84, 0.87, 0.871], [0.1, 0.05, 0.01, 0.02, 0.01, 0.001]  # a restart at epoch 3
+    info = {"acc": 0.871, "n_train": 100, "plateau_pts": 0.1,
+            "rows": [{"epoch": e, "test_acc": a, "lr": lr} for e, (a, lr) in enumerate(zip(accs, lrs))]}
+    fig = plot_accuracy_table(ours, hist, per_seed=per_seed, references={"m": info, "n": info})
+    assert len(fig.axes) == 8
+    ref_ax = fig.axes[0]
+    assert [round(x, 1) for x in ref_ax.lines[1].get_xdata()] == [3.5, 3.5]  # the warm restart, between epochs 3 and 4
+    assert "87.10%" in ref_ax.get_title() and "+0.10 pts (plateau" in ref_ax.get_title()
+    plt.close(fig)

@@ -26,7 +26,7 @@ def test_pair_table_counts_rounds_won():
     rows = []
     for r in range(6):
         for point, t in (("a", 1.0 if r < 5 else 1.2), ("b", 1.1)):
-            rows.append({"round": r, "point": point, "pass_": "step", "median_s": t})
+            rows.append({"round": r, "variant": point, "pass_": "step", "median_s": t})
     p = T.pair_table(pd.DataFrame(rows), [("a", "b")]).iloc[0]
     assert p["a_won"] == 5 and p["rounds"] == 6 and p["pass"] == "train"
     assert p["a_faster_by_pct"] == pytest.approx(10.0) and p["p_sign"] == pytest.approx(7 / 64)

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from ..provenance import provenance, resolve_device
-from ..rankopt.measure import interleaved, make_runner, paired_ratios
+from ..rankopt.measure import interleaved_schedules, paired_ratios
 from .finetune import FineTune, Job, finals, job_checkpoint, method_stats, run_jobs
 from .references import Recipe, reference_recipe, train_reference
 from .variants import METHODS, Variant, build_variants
@@ -70,27 +70,16 @@ def interleaved_train_speed(
     reference: str = "original",
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Training-step speed of each variant, timed round-robin (:func:`lrdnb.rankopt.measure.interleaved`).
-
-    A step is forward + backward + SGD momentum on a random batch of ``input_shape``, with the
-    variant's frozen set (the schedule at epoch 0; a schedule whose frozen set alternates, e.g.
-    sequential freezing, is timed at epochs 0 and 1 and the two times averaged per round, as
-    its epochs alternate). Copies of the models are timed, so their weights are left untouched.
+    """Training-step speed of each variant under its freezing schedule, timed round-robin
+    (:func:`lrdnb.rankopt.measure.interleaved_schedules`: forward + backward + SGD momentum on a
+    random batch of ``input_shape``; copies are timed, so the weights are left untouched).
 
     Returns:
         One row per method: ``method, train_img_s_rr, train_speedup_rr`` (median over rounds of the
         paired ratio ``t_reference / t``), ``train_speedup_rr_min / _max, rounds``.
     """
-    dev = resolve_device(device)
-    runners = {}
-    for m, v in variants.items():
-        for e in v.schedule.phases():
-            model = copy.deepcopy(v.model).to(dev)
-            v.schedule.apply(model, e)
-            runners[f"{m}@{e}"] = make_runner(model, input_shape, "step", dev, input_requires_grad=False)
-    raw = interleaved(runners, rounds=rounds, device=dev, min_run_time=min_run_time, progress=progress)
-    raw["variant"] = raw["variant"].str.rsplit("@", n=1).str[0]
-    per_round = raw.groupby(["round", "variant"], as_index=False)["median_s"].mean()
+    _, per_round = interleaved_schedules({m: (v.model, v.schedule) for m, v in variants.items()}, input_shape,
+                                         device=device, rounds=rounds, min_run_time=min_run_time, progress=progress)
     q = paired_ratios(per_round, reference if reference in variants else next(iter(variants)))
     return pd.DataFrame({
         "method": q["variant"], "train_img_s_rr": input_shape[0] / q["median_s"], "train_speedup_rr": q["speedup"],

@@ -32,7 +32,7 @@ from ..rankopt.cache import default_folder
 from ..train import evaluate, fit, load_checkpoint
 
 __all__ = ["Recipe", "RECIPES", "Reference", "train_reference", "plateau", "reference_folder", "describe",
-           "reference_recipe"]
+           "reference_recipe", "PLATEAU_PTS"]
 
 
 @dataclass(frozen=True)
@@ -117,9 +117,13 @@ def reference_folder(folder: str | Path | None = None) -> Path:
     return Path(folder) if folder is not None else default_folder() / "references"
 
 
+#: A reference has plateaued when its last 2 epochs gained less than this many points (:func:`plateau`).
+PLATEAU_PTS = 0.3
+
+
 def plateau(history: pd.DataFrame, last: int = 2) -> float:
     """Test-accuracy gain, in points, of the last ``last`` epochs (the best of them over the best
-    before them): the plateau criterion reported with every reference (< ~0.3 = converged)."""
+    before them): the plateau criterion reported with every reference (< :data:`PLATEAU_PTS` = converged)."""
     acc = history["test_acc"].tolist() if len(history) else []
     if len(acc) <= last:
         return float("nan")
@@ -189,5 +193,6 @@ def describe(info: dict[str, Any]) -> str:
     trained = "loaded from the cache" if info["reused"] else "trained in this run"
     pl = info.get("plateau_pts", float("nan"))
     return (f"reference {r['model']}: {100 * info['acc']:.2f}% on {info['n_test']:,} test images after {how}; "
-            + (f"last 2 epochs gained {pl:+.2f} points (plateau: < 0.3); " if pl == pl else "")
+            + (f"last 2 epochs gained {pl:+.2f} points ({'plateau' if pl < PLATEAU_PTS else 'NOT plateaued'}: "
+               f"< {PLATEAU_PTS}); " if pl == pl else "")
             + f"training took {info['train_s'] / 60:.1f} min ({trained}, {info['checkpoint']})")

@@ -44,7 +44,7 @@ from ..decompose import apply
 from ..freezing import FreezingSchedule, make_schedule
 from ..plan import plan as make_plan
 from ..provenance import provenance, resolve_device
-from ..rankopt.measure import interleaved, make_runner
+from ..rankopt.measure import interleaved_schedules, make_runner, paired_ratios
 from ..spec import Plan
 from .finetune import FineTune, Job, finals, job_checkpoint, method_stats, run_jobs
 from .references import Recipe, train_reference
@@ -198,44 +198,37 @@ def _speed_table(points: dict[str, Point], input_shape: Sequence[int], rounds: i
     show as graphs growing with epochs; :func:`compile_stats` runs that check).
 
     Returns:
-        ``(raw, table)``: every measurement (``round, variant, pass, median_s``) and one row per
-        point and pass: ``point, pass, median_s, speedup`` (median over rounds of the paired ratio
+        ``(per_round, table)``: per round, point and pass the time (``round, variant, pass_,
+        median_s``, phases averaged) and one row per point and pass: ``point, pass, median_s, speedup`` (median over rounds of the paired ratio
         ``t_original / t``), ``speedup_min``, ``speedup_max``, ``rounds``, and with ``compile``
         ``compile_s``, ``graphs``.
     """
     dev = resolve_device(device)
-    runners, comp = {}, {}
-    for name, p in points.items():
-        for pass_ in ("step", "forward"):
-            for e in (p.schedule.phases() if pass_ == "step" else (0,)):
-                m = copy.deepcopy(p.model).to(dev)
-                p.schedule.apply(m, e)
-                st: dict[str, Any] = {}
-                run = make_runner(_compiled(m, st) if compile else m, input_shape, pass_, dev, input_requires_grad=False)
-                if compile:  # the first calls compile: time them apart from the measurement
-                    t0 = time.perf_counter()
-                    run()
-                    run()
-                    st["compile_s"] = time.perf_counter() - t0
-                comp[(name, pass_, e)] = st
-                runners[f"{name}|{pass_}|{e}"] = run
-    raw = interleaved(runners, rounds=rounds, device=dev, min_run_time=min_run_time, threads=threads, progress=progress)
-    parts = raw["variant"].str.split("|", expand=True)
-    raw = raw.assign(point=parts[0], pass_=parts[1], phase=parts[2].astype(int))
-    per = raw.groupby(["round", "point", "pass_"], as_index=False)["median_s"].mean()
+    comp: dict[str, dict[str, Any]] = {}
+
+    def compiled_runner(m: nn.Module, pass_: str, key: str):
+        st = comp[key] = {}
+        run = make_runner(_compiled(m, st), input_shape, pass_, dev, input_requires_grad=False)
+        t0 = time.perf_counter()  # the first calls compile: timed apart from the measurement
+        run()
+        run()
+        st["compile_s"] = time.perf_counter() - t0
+        return run
+
+    _, per = interleaved_schedules({n: (p.model, p.schedule) for n, p in points.items()}, input_shape,
+                                     ("step", "forward"), dev, compiled_runner if compile else None,
+                                     rounds=rounds, min_run_time=min_run_time, threads=threads, progress=progress)
     rows = []
     for pass_, d in per.groupby("pass_"):
-        w = d.pivot_table(index="round", columns="point", values="median_s")
+        q = paired_ratios(d, "original").set_index("variant")
         for name in points:
-            s = (w["original"] / w[name]).dropna()
             row = {"point": name, "pass": "train" if pass_ == "step" else "inference",
-                   "median_s": float(w[name].median()), "speedup": float(s.median()),
-                   "speedup_min": float(s.min()), "speedup_max": float(s.max()), "rounds": int(len(s))}
+                   **q.loc[name, ["median_s", "speedup", "speedup_min", "speedup_max", "rounds"]].to_dict()}
             if compile:
-                sts = [v for (n, ps, _), v in comp.items() if n == name and ps == pass_]
+                sts = [v for k, v in comp.items() if k.rsplit("|", 2)[:2] == [name, pass_]]
                 row |= {"compile_s": sum(v.get("compile_s", 0) for v in sts), "graphs": sum(v.get("graphs", 0) for v in sts)}
             rows.append(row)
-    return raw, pd.DataFrame(rows)
+    return per, pd.DataFrame(rows)
 
 
 def compile_stats(p: Point, input_shape: Sequence[int], epochs: int = 4, device: str = "auto") -> dict[str, Any]:
@@ -260,14 +253,14 @@ def compile_stats(p: Point, input_shape: Sequence[int], epochs: int = 4, device:
             "first_step_s": [round(t, 2) for t in times], "recompiles_per_epoch": per_epoch[-1] > distinct}
 
 
-def pair_table(raw: pd.DataFrame, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
-    """Paired comparison of two points measured in the same rounds, per pass: ``ratio`` = median of
+def pair_table(per_round: pd.DataFrame, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """Paired comparison of two points measured in the same rounds (``per_round`` of
+    :func:`speed_table`), per pass: ``ratio`` = median of
     ``t_b / t_a`` (> 1: ``a`` faster), rounds ``a`` won, one-sided sign-test p."""
-    per = raw.groupby(["round", "point", "pass_"], as_index=False)["median_s"].mean()
     rows = []
     for a, b in pairs:
-        for pass_, d in per.groupby("pass_"):
-            w = d.pivot_table(index="round", columns="point", values="median_s")
+        for pass_, d in per_round.groupby("pass_"):
+            w = d.pivot_table(index="round", columns="variant", values="median_s")
             if a not in w or b not in w:
                 continue
             r = (w[b] / w[a]).dropna()
@@ -347,7 +340,7 @@ def tradeoff_table(
     search_s = time.perf_counter() - t0
     shape = (finetune.batch_size, *example.shape[1:])
     table = cost_columns(points, example[:1])
-    raw, speed = speed_table(points, shape, speed_rounds, speed_min_run_time, device=dev, progress=progress)
+    per_round, speed = speed_table(points, shape, speed_rounds, speed_min_run_time, device=dev, progress=progress)
     table = table.merge(_wide(speed, ""), on="point")
     comp = [n for n in points if compile_points is None or n in compile_points or n == "original"]
     compile_info: dict[str, Any] = {}
@@ -358,7 +351,7 @@ def tradeoff_table(
         compile_info = {"per_point": cs[["point", "pass", "compile_s", "graphs"]].to_dict("records"),
                         "freezing": [compile_stats(p, shape, device=dev) for p in points.values() if p.rule == "freezing"
                                      and p.name in comp]}
-    pairs = pair_table(raw, _pairs(points))
+    pairs = pair_table(per_round, _pairs(points))
     key = dict(ref=reference.key(), ft=asdict(finetune))
     jobs = [Job(n, s, copy.deepcopy(p.model).cpu(), p.schedule.to_dict(),
                 job_checkpoint(checkpoint_dir, "tradeoff", n.replace(" ", "_"), s, **key, schedule=p.schedule.to_dict(),

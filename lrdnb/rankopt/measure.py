@@ -19,6 +19,7 @@ vary 10x; time with 1 thread on a shared machine, and compare only timings of eq
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import random
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -35,7 +36,7 @@ from ..ranks import tucker2_pair
 from .config import PASSES, ResolvedTiming
 
 __all__ = ["PASSES", "ORDERS", "REFERENCE_EVERY", "check_pass", "make_runner", "time_callable", "interleaved",
-           "paired_ratios", "paired_rounds", "shape_module", "LayerBench"]
+           "interleaved_schedules", "paired_ratios", "paired_rounds", "shape_module", "LayerBench"]
 
 #: Orders in which a sweep visits the ranks, cycled over its repeats.
 ORDERS = ("desc", "asc", "shuffle")
@@ -302,6 +303,44 @@ def paired_ratios(df: pd.DataFrame, reference: str, value: str = "median_s") -> 
                      "speedup_min": float(s.min()), "speedup_max": float(s.max()),
                      "rounds": int(len(r)), "median_s": float(wide[v].median())})
     return pd.DataFrame(rows)
+
+
+def interleaved_schedules(
+    models: Mapping[str, tuple[nn.Module, Any]],
+    input_shape: Sequence[int],
+    passes: Sequence[str] = ("step",),
+    device: str | torch.device = "auto",
+    make: Callable[[nn.Module, str, str], Callable[[], Any]] | None = None,
+    **timing: Any,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Round-robin times (:func:`interleaved`) of models trained under freezing schedules.
+
+    ``models`` maps a name to ``(model, schedule)`` (a :class:`lrdnb.freezing.FreezingSchedule`).
+    A copy of each model is timed per pass; a ``"step"`` is timed at every phase of its schedule
+    (sequential freezing, Algorithm 2, alternates the frozen factors between epochs) and the
+    phases are averaged per round, as its epochs alternate. ``make(model, pass_, key)`` builds a
+    runner (default :func:`make_runner` on a random ``input_shape`` batch; e.g. compile first);
+    ``timing`` goes to :func:`interleaved` (``rounds``, ``min_run_time``, ``threads``, ``progress``).
+
+    Returns:
+        ``(raw, per_round)``: every measurement with ``variant`` (the name), ``pass_``, ``phase``;
+        and one row per ``(round, variant, pass_)`` with ``median_s`` averaged over phases, ready
+        for :func:`paired_ratios`.
+    """
+    dev = resolve_device(device)
+    runners = {}
+    for name, (model, schedule) in models.items():
+        for pass_ in passes:
+            for e in (schedule.phases() if pass_ == "step" else (0,)):
+                m = copy.deepcopy(model).to(dev)
+                schedule.apply(m, e)
+                key = f"{name}|{pass_}|{e}"
+                runners[key] = (make(m, pass_, key) if make else
+                                make_runner(m, input_shape, pass_, dev, input_requires_grad=False))
+    raw = interleaved(runners, device=dev, **timing)
+    parts = raw["variant"].str.rsplit("|", n=2, expand=True)
+    raw = raw.assign(variant=parts[0], pass_=parts[1], phase=parts[2].astype(int))
+    return raw, raw.groupby(["round", "variant", "pass_"], as_index=False)["median_s"].mean()
 
 
 def benchmark_timer(fn: Callable[[], Any], number: int, threads: int) -> float:
