@@ -283,10 +283,18 @@ def _fig3_sentence(s3: pd.DataFrame, c: dict, sweep: list[dict]) -> str:
     else:
         text = f"neither schedule reached {target} within {epochs} epochs"
     text += f" [{paper.FIG3['sequential']['epochs_to_target']} vs {paper.FIG3['regular']['epochs_to_target']} epochs to 95%]"
-    if c.get("a_first", 0) + c.get("b_first", 0):
-        text += (f"; sequential reached it first in {c['a_first']} of {c['seeds']} seeds (regular in {c['b_first']}; "
-                 f"sign test p = {c['p_sign_a_first']:.2f}), epochs to target sequential / regular "
-                 f"{c['ratio_censored_mean']:.2f} with misses counted at the budget + 1 [{c['paper_ratio']:.2f}]")
+    if c.get("a_first", 0) + c.get("b_first", 0) or c.get("ratio_seeds"):
+        p = f"; sign test p = {c['p_sign_a_first']:.2f}" if c["a_first"] + c["b_first"] else ""
+        text += (f"; sequential reached it first in {c['a_first']} of {c['seeds']} seeds (regular in {c['b_first']}{p}), "
+                 "epochs to target sequential / regular ")
+        if c.get("ratio_seeds"):
+            n = c["ratio_seeds"]
+            text += (f"{c['ratio_mean']:.2f} +- {c['ratio_ci95']:.2f} (95% interval over the {n} seeds both reached it: "
+                     f"{'differs from' if c['ratio_beyond'] else 'not different from'} 1)" if c["ratio_ci95"] == c["ratio_ci95"]
+                     else f"{c['ratio_mean']:.2f} (in the {n} seed{'s' * (n > 1)} both reached it)")
+        if c.get("seeds_not_reached", 1):
+            text += f"{', ' if c.get('ratio_seeds') else ''}{c['ratio_censored_mean']:.2f} with misses counted at the budget + 1"
+        text += f" [{c['paper_ratio']:.2f}]"
     others = [r for r in sweep if r["reached_sequential"] + r["reached_regular"]]
     if others:
         j = lambda k: " / ".join(f"{r[k]:g}" for r in others)

@@ -63,4 +63,11 @@ def test_fig3_sentence_says_when_no_schedule_reached_the_target():
     c |= {"a_first": 3, "b_first": 0, "p_sign_a_first": 0.125, "ratio_censored_mean": 0.6, "paper_ratio": 20 / 26}
     text = _fig3_sentence(s3, c, sweep)
     assert "reached by sequential freezing in 3 of 3 seeds (mean epoch 6.0), by regular in 1 of 3 seeds (mean epoch 9.0)" in text
-    assert "sign test p = 0.12" in text
+    assert "sign test p = 0.12" in text and "0.60 with misses counted at the budget + 1 [0.77]" in text
+    c |= {"ratio_seeds": 1, "ratio_mean": 0.67, "ratio_ci95": float("nan"), "ratio_beyond": False, "seeds_not_reached": 2}
+    text = _fig3_sentence(s3, c, sweep)
+    assert "0.67 (in the 1 seed both reached it), 0.60 with misses" in text and "nan" not in text
+    c |= {"ratio_seeds": 3, "ratio_mean": 0.8, "ratio_ci95": 0.1, "ratio_beyond": True, "seeds_not_reached": 0}
+    text = _fig3_sentence(s3, c, sweep)
+    assert "0.80 +- 0.10 (95% interval over the 3 seeds both reached it: differs from 1) [0.77]" in text
+    assert "with misses counted" not in text
