@@ -94,7 +94,7 @@ def _split(recipe: Recipe, split: str, augment: bool, subset: int | None):
 #: accuracy still rises (:func:`plateau`, printed in the notebooks' outputs).
 RECIPES = {
     "resnet10_cpu": Recipe("resnet10_cpu", image_size=28, epochs=8, lr=0.1, restart_epochs=4, restart_lr=0.02, restarts=2),
-    "vit_tiny_cpu": Recipe("vit_tiny_cpu", image_size=16, epochs=10, lr=0.05, restart_epochs=6, restart_lr=0.01),
+    "vit_tiny_cpu": Recipe("vit_tiny_cpu", image_size=16, epochs=10, lr=0.05, restart_epochs=6, restart_lr=0.01, restarts=3),
 }
 
 
