@@ -169,9 +169,13 @@ def _epochs_to_target_panel(ax, seeds: pd.DataFrame, colors: dict, comparison: d
                  fontsize=9)
     if comparison:
         c = comparison
+        p = f" (sign test p = {c['p_sign_a_first']:.2f})" if c["a_first"] + c["b_first"] else ""
+        ratio = (f"{c['ratio_mean']:.2f} +- {c['ratio_ci95']:.2f} (95% interval, {c['ratio_seeds']} seeds"
+                 if c.get("ratio_seeds", 0) > 1 and not c.get("seeds_not_reached") else
+                 f"{c['ratio_censored_mean']:.2f} (misses counted at budget + 1")
         ax.set_xlabel(f"sequential reached the target first in {c['a_first']} of {c['seeds']} seeds, regular in "
-                      f"{c['b_first']} (sign test p = {c['p_sign_a_first']:.2f});\nepochs to target, sequential / regular: "
-                      f"{c['ratio_censored_mean']:.2f} (misses counted at budget + 1; paper {c['paper_ratio']:.2f});\n"
+                      f"{c['b_first']}{p};\nepochs to target, sequential / regular: "
+                      f"{ratio}; paper {c['paper_ratio']:.2f});\n"
                       f"final accuracy, sequential - regular: {c['final_diff_pts']:+.2f} +- {c['final_diff_ci95']:.2f} pts "
                       f"(paper {c['paper_final_diff_pts']:+.2f})", fontsize=8)
     ax.legend(fontsize=7, loc="upper left")

@@ -72,6 +72,16 @@ def test_per_seed_summary_and_paired_ratio():
     assert c["seeds_not_reached"] == 1 and c["ratio_seeds"] == 2 and c["reached_b"] == 2
     # regular never reached it in seed 2: counted at budget + 1 = 9 epochs, so the mean ratio is a bound
     assert c["ratio_censored_mean"] == pytest.approx((3 / 4 + 4 / 5 + 4 / 9) / 3)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lrdnb.plots import plot_convergence
+
+    df, full = pd.DataFrame(rows), compare(ps)
+    caption = plot_convergence(df, ps, full).axes[1].get_xlabel()  # every seed reached it: the interval
+    assert f"sequential / regular: {full['ratio_mean']:.2f} +- {full['ratio_ci95']:.2f} (95% interval, 3 seeds" in caption
+    caption = plot_convergence(df, per_seed(df, 0.85), c).axes[1].get_xlabel()  # a miss: the bound
+    assert f"sequential / regular: {c['ratio_censored_mean']:.2f} (misses counted at budget + 1; paper 0.77)" in caption
 
 
 def test_target_sweep_and_epoch_diff():
