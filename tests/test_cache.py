@@ -186,6 +186,17 @@ def test_duplicated_rows_keep_the_last(tmp_path):
     assert next(r["median_s"] for r in rows if r["rank"] == 4) == 0.005
 
 
+def test_a_row_timed_again_in_a_later_session_replaces_the_stored_one(tmp_path):
+    path = _filled(tmp_path, 4, 8)
+    later = TimingCache(tmp_path)  # reads the file: its key columns come back as the text they were written as
+    with later.held(flush_every=0):
+        later.lookup(KEY)
+        later.add([{**_rows(4)[0], "median_s": 0.005}], {"train": KEY})
+    assert len(path.read_text().splitlines()) == 3  # header + ranks 4 and 8, no duplicate
+    rows, msgs = _caught(lambda: TimingCache(tmp_path).lookup(KEY))
+    assert msgs == [] and next(r["median_s"] for r in rows if r["rank"] == 4) == 0.005
+
+
 def test_rows_from_another_device_are_ignored(tmp_path):
     mine = TimingCache(tmp_path).path(KEY)
     shutil.copy(_filled(tmp_path / "elsewhere", 4, 8, key=OTHER), mine)  # a copied file
@@ -205,7 +216,7 @@ def test_rows_of_an_old_protocol_are_kept_but_not_used(tmp_path, how):
     path.write_text("".join(lines))
     cache = TimingCache(tmp_path)
     rows, msgs = _caught(lambda: cache.lookup(KEY))
-    assert rows == [] and len(msgs) == 1 and "protocol ['1']" in msgs[0]
+    assert rows == [] and len(msgs) == 1 and "protocol [1]" in msgs[0]
     cache.add(_rows(16), {"train": KEY})
     with pytest.warns(UserWarning, match="protocol"):
         assert _ranks(TimingCache(tmp_path)) == [16]

@@ -66,7 +66,7 @@ KEY_COLUMNS = ("device_name", "torch", "dtype", "pass", "signature", "channels_l
                "protocol")
 _FILE_KEY = ("device_name", "torch", "dtype", "threads", "channels_last")
 _ROW_ID = KEY_COLUMNS + ("method", "rank")
-_INT = ("rank", "r2", "n", "number", "threads")
+_INT = ("rank", "r2", "n", "number", "threads", "protocol")  # typed as the keys are, so a re-timed row replaces its old one
 _FLOAT = ("median_s", "iqr_s", "min_s", "max_s", "norm_s", "norm_iqr_s", "ref_s")
 _VALUE = ("method", "rank", "r2") + _FLOAT[:1] + ("iqr_s", "min_s", "max_s", "n", "number", "norm_s",
                                                   "norm_iqr_s", "ref_s", "times_s", "ratios")
