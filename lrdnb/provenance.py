@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["resolve_device", "device_name", "provenance", "finish", "git_commit", "load_average", "synchronize"]
+__all__ = ["resolve_device", "device_name", "provenance", "run_start", "finish", "git_commit", "load_average",
+           "synchronize"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -99,14 +100,27 @@ def finish(meta: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def provenance(device: str | torch.device = "auto", **params: Any) -> dict[str, Any]:
+def run_start() -> dict[str, Any]:
+    """What :func:`provenance` records about the start of a run, taken now: UTC date, load average
+    and git commit (the code that runs is the code of this moment, even if HEAD moves before the
+    results are written)."""
+    return {"date": _now(), "load_start": load_average(), **git_commit()}
+
+
+def provenance(device: str | torch.device = "auto", started: dict[str, Any] | None = None,
+               **params: Any) -> dict[str, Any]:
     """Device, torch/torchvision versions, threads, host, UTC date, git commit (+ dirty flag),
-    load average at the start, plus the run's ``params``."""
+    load average at the start, plus the run's ``params``.
+
+    ``started`` (:func:`run_start`, taken when the run began) supplies the date, load and commit;
+    without it they are taken now. Where HEAD has moved since, ``commit_at_write`` names it.
+    """
     import torchvision
 
     dev = resolve_device(device)
-    git = git_commit()
-    return {
+    now = run_start()
+    start = started or now
+    meta = {
         "device": str(dev),
         "device_name": device_name(dev),
         "torch": torch.__version__,
@@ -115,9 +129,12 @@ def provenance(device: str | torch.device = "auto", **params: Any) -> dict[str, 
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
-        "date": _now(),
-        "commit": git["commit"],
-        "dirty": git["dirty"],
-        "load_start": load_average(),
+        "date": start["date"],
+        "commit": start["commit"],
+        "dirty": start["dirty"],
+        "load_start": start["load_start"],
         "params": params,
     }
+    if now["commit"] != start["commit"]:
+        meta["commit_at_write"] = now["commit"]
+    return meta

@@ -86,6 +86,20 @@ def test_provenance_records_commit_and_load():
     assert {"end_date", "load_end"} <= set(finish(meta))
 
 
+def test_provenance_keeps_the_start_of_a_run_and_names_a_commit_made_during_it(monkeypatch):
+    import lrdnb.provenance as prov
+
+    monkeypatch.setattr(prov, "git_commit", lambda path=None: {"commit": "aaaaaaa", "dirty": False})
+    monkeypatch.setattr(prov, "load_average", lambda: [0.5, 0.5, 0.5])
+    started = prov.run_start()
+    monkeypatch.setattr(prov, "git_commit", lambda path=None: {"commit": "bbbbbbb", "dirty": False})
+    monkeypatch.setattr(prov, "load_average", lambda: [2.0, 2.0, 2.0])
+    meta = prov.provenance("cpu", started, seed=1)
+    assert (meta["commit"], meta["commit_at_write"], meta["load_start"]) == ("aaaaaaa", "bbbbbbb", [0.5, 0.5, 0.5])
+    assert meta["date"] == started["date"] and meta["params"] == {"seed": 1}
+    assert "commit_at_write" not in prov.provenance("cpu") and prov.provenance("cpu")["load_start"] == [2.0, 2.0, 2.0]
+
+
 def test_reproduce_outside_a_clone_says_where_to_run(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "NOTEBOOK_DIR", tmp_path / "notebooks")
     with pytest.raises(SystemExit, match="no notebooks at .*run reproduce from a clone.*LRDNB_ROOT"):

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from ..provenance import provenance, resolve_device
+from ..provenance import provenance, resolve_device, run_start
 from ..rankopt.measure import interleaved_schedules, paired_ratios
 from .finetune import FineTune, Job, finals, job_checkpoint, method_stats, run_jobs
 from .references import Recipe, reference_recipe, train_reference
@@ -155,6 +155,7 @@ def accuracy_table(
         ValueError: unknown method, or no seeds.
     """
     dev = resolve_device(device)
+    started = run_start()  # date, load and commit of the run's start (provenance)
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ValueError(f"unknown method(s) {bad}; valid: {list(METHODS)}")
@@ -183,7 +184,7 @@ def accuracy_table(
     hist.insert(0, "model", model_name)
     hist.insert(2, "label", hist["method"].map(LABELS))
     meta = provenance(
-        dev, experiment="accuracy_table", model=model_name, methods=list(methods), seeds=list(seeds),
+        dev, started, experiment="accuracy_table", model=model_name, methods=list(methods), seeds=list(seeds),
         workers=workers, reference=asdict(recipe), finetune=asdict(finetune), ratio=ratio, weights=weights,
         freezing=freezing, combined_freezing=combined_freezing, example_batch=example_batch,
         speed_rounds=speed_rounds, speed_min_run_time=speed_min_run_time,

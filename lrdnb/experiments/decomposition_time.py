@@ -19,7 +19,7 @@ from ..freezing import make_schedule
 from ..models import get_model
 from ..paper import table2 as paper_table2
 from ..plan import plan as make_plan
-from ..provenance import provenance, resolve_device, synchronize
+from ..provenance import provenance, resolve_device, run_start, synchronize
 
 __all__ = ["decomposition_time_table", "side_by_side_time"]
 
@@ -77,6 +77,7 @@ def decomposition_time_table(
     if bad or not weights:
         raise ValueError(f"weights must be a non-empty list of 'hosvd'/'hooi', got {list(weights)}")
     dev = resolve_device(device)
+    started = run_start()  # date, load and commit of the run's start (provenance)
     opt_kwargs = {"device": dev, "progress": progress, **(optimize_kwargs or {})}
     rows = []
     from tqdm.auto import tqdm
@@ -113,7 +114,7 @@ def decomposition_time_table(
             row["rank_opt_kept"] = sum(1 for n in before if p1[n].method == "keep")
         rows.append(row)
         del model
-    meta = provenance(dev, models=list(models), ratio=ratio, image_size=image_size, batch=batch,
+    meta = provenance(dev, started, models=list(models), ratio=ratio, image_size=image_size, batch=batch,
                       weights=list(weights), rank_opt=rank_opt, freezing=freezing, seed=seed,
                       optimize_kwargs={k: str(v) for k, v in opt_kwargs.items()})
     meta["units"] = {"_s": "seconds (wall clock, device synchronized)"}

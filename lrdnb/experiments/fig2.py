@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..spec import LayerSpec
-from ..provenance import provenance, resolve_device
+from ..provenance import provenance, resolve_device, run_start
 from ..rankopt import Timing, algorithm1, curve_arrays, curve_steps, rank_range, sweep, top_candidates
 from ..rankopt.measure import LayerBench
 from ..rankopt.sweep import LayerCurves
@@ -88,6 +88,7 @@ def step_time_vs_rank(
     params = dict(locals())
     params.pop("progress")
     dev = resolve_device(device)
+    started = run_start()  # date, load and commit of the run's start (provenance)
     spec = fig2_spec(weight_shape, input_size, batch, method)
     if method == "tucker2":
         spec.ranks = [1, max(1, int(beta))]  # only beta matters for the range
@@ -135,7 +136,7 @@ def step_time_vs_rank(
         vt["drop_rel"] = 1 - vt["ratio"]
     rows.append(_choice("pooled", r, pooled, np.median(pooled, axis=0), float(np.median(Ts)), vt, opts))
     choices = pd.DataFrame(rows)
-    meta = provenance(dev, **{k: v for k, v in params.items() if k != "device"}, requested_device=device)
+    meta = provenance(dev, started, **{k: v for k, v in params.items() if k != "device"}, requested_device=device)
     meta["threads"] = int(curves["threads"].iloc[0])  # what the sweeps ran with
     meta["results"] = _summary(curves, choices, choice_pass, ranks)
     meta["results"]["verified"] = pd.concat(checks).to_dict("records") if checks else []

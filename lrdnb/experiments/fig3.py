@@ -31,7 +31,7 @@ import pandas as pd
 from ..decompose import decompose
 from ..freezing import make_schedule
 from ..paper import FIG3
-from ..provenance import provenance, resolve_device
+from ..provenance import provenance, resolve_device, run_start
 from ..train import evaluate
 from .finetune import FineTune, Job, job_checkpoint, paired, run_jobs, spread
 from .references import RECIPES, Recipe, train_reference
@@ -74,6 +74,7 @@ def freezing_convergence(
         target and the plan summary.
     """
     dev = resolve_device(device)
+    started = run_start()  # date, load and commit of the run's start (provenance)
     recipe = reference or RECIPES["resnet10_cpu"]
     ref = train_reference(recipe, dev, reference_dir, progress)
     example = recipe.data("train", augment=False)[0][0].unsqueeze(0).to(dev)
@@ -91,7 +92,7 @@ def freezing_convergence(
     out = pd.concat([start, out], ignore_index=True).sort_values(["schedule", "seed", "epochs_done"], kind="stable")
     out = out.reset_index(drop=True)
     out.attrs["meta"] = provenance(
-        dev, experiment="fig3", reference=asdict(recipe), finetune=asdict(finetune), ratio=ratio,
+        dev, started, experiment="fig3", reference=asdict(recipe), finetune=asdict(finetune), ratio=ratio,
         schedules=list(schedules), seeds=list(seeds), target_gap=target_gap, target_acc=target_acc, workers=workers,
     )
     out.attrs["meta"]["results"] = {

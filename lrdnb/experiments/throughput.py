@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..decompose import WEIGHT_METHODS
 from ..models import get_model
 from ..paper import table1 as paper_table1
-from ..provenance import provenance, resolve_device
+from ..provenance import provenance, resolve_device, run_start
 from ..rankopt.measure import interleaved, make_runner, paired_ratios, set_torch_threads
 from .decomposition_time import decomposition_time_table, side_by_side_time
 from .optime import FLOP_OPS, quiet_kineto, flop_time_share, op_time_breakdown  # noqa: F401 (re-exported: tests, users)
@@ -260,6 +260,7 @@ def throughput_table(
     if weights not in WEIGHT_METHODS:
         raise ValueError(f"unknown weights {weights!r}; valid: {list(WEIGHT_METHODS)}")
     dev = resolve_device(device)
+    started = run_start()  # date, load and commit of the run's start (provenance)
     # ranks are optimized for the thread count they are timed at
     opt_kwargs = {"device": dev, "progress": progress, "threads": threads or None, "channels_last": channels_last,
                   **(optimize_kwargs or {})}
@@ -286,7 +287,7 @@ def throughput_table(
     for c in df.columns:
         if c.endswith(("_rounds", "_wins")):
             df[c] = df[c].astype("Int64")  # NaN where a comparison does not apply (vs_baseline)
-    meta = provenance(dev, models=list(models), ratio=ratio, batch=batch, image_size=image_size,
+    meta = provenance(dev, started, models=list(models), ratio=ratio, batch=batch, image_size=image_size,
                       methods=list(methods), rounds=rounds, passes=list(passes), threads=threads,
                       quantize=quantize, optimize_kwargs={k: str(v) for k, v in opt_kwargs.items()},
                       freezing=freezing, combined_freezing=combined_freezing, weights=weights,

@@ -43,7 +43,7 @@ from .. import rankopt
 from ..decompose import apply
 from ..freezing import FreezingSchedule, make_schedule
 from ..plan import plan as make_plan
-from ..provenance import provenance, resolve_device
+from ..provenance import provenance, resolve_device, run_start
 from ..rankopt.measure import interleaved_schedules, make_runner, paired_ratios
 from ..spec import Plan
 from .finetune import FineTune, Job, finals, job_checkpoint, method_stats, run_jobs
@@ -331,6 +331,7 @@ def tradeoff_table(
         provenance with the compile-graph check of the freezing points.
     """
     dev = resolve_device(device)
+    started = run_start()  # date, load and commit of the run's start (provenance)
     ref = train_reference(reference, dev, reference_dir, progress)
     train = reference.data("train", augment=False, subset=finetune.train_subset)
     example = torch.stack([train[i][0] for i in range(min(example_batch, len(train)))]).to(dev)
@@ -363,7 +364,7 @@ def tradeoff_table(
     table = table.merge(st, on="point", how="left")
     table["on_front"] = front(table)
     per_seed = last[["name", "seed", "test_acc"]].rename(columns={"name": "point", "test_acc": "acc"})
-    meta = provenance(dev, experiment="tradeoff", reference=asdict(reference), finetune=asdict(finetune),
+    meta = provenance(dev, started, experiment="tradeoff", reference=asdict(reference), finetune=asdict(finetune),
                       seeds=list(seeds), workers=workers, example_batch=example_batch, speed_rounds=speed_rounds,
                       speed_min_run_time=speed_min_run_time, compile_points=comp,
                       points={k: (list(v) if isinstance(v, tuple) else v) for k, v in point_kwargs.items()},
