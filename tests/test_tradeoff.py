@@ -55,6 +55,29 @@ def test_points_and_one_graph_per_frozen_set_under_compile():
     assert c["frozen_sets"] == 2 and c["graphs_after_epoch"] == [1, 2, 2, 2] and not c["recompiles_per_epoch"]
 
 
+def test_schedules_are_timed_at_every_phase_and_compiled_runners_report_their_cost():
+    from lrdnb.rankopt.measure import interleaved_schedules
+
+    torch.manual_seed(0)
+    pts = T.build_points(_Mlp(), torch.randn(4, 32), ratios=(2.0,), windows=(), budgets=(), freeze="lrd 2x",
+                         progress=False)
+    built = []
+
+    def make(m, name, pass_, phase):
+        built.append((name, pass_, phase, sum(p.requires_grad for p in m.parameters())))
+        return lambda: None
+
+    per = interleaved_schedules({n: (pts[n].model, pts[n].schedule) for n in ("lrd 2x", "lrd 2x + sequential")},
+                                (4, 32), ("step", "forward"), "cpu", make, rounds=2, min_run_time=0.001, progress=False)
+    seq = [b for b in built if b[0] == "lrd 2x + sequential" and b[1] == "step"]
+    assert [b[2] for b in seq] == [0, 1] and seq[0][3] != len(list(pts["lrd 2x"].model.parameters()))
+    assert len(per) == 2 * 2 * 2 and set(per["pass_"]) == {"step", "forward"}  # rounds x points x passes
+    _, table = T.speed_table({n: pts[n] for n in ("original", "lrd 2x + sequential")}, (4, 32), rounds=1,
+                             min_run_time=0.001, compile=True, device="cpu", progress=False)
+    row = table.set_index(["point", "pass"]).loc[("lrd 2x + sequential", "train")]
+    assert row["compile_s"] > 0 and row["graphs"] >= 2 and row["rounds"] == 1  # one graph per frozen set
+
+
 @pytest.mark.notebooks
 @pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(), reason="needs Debian's Fashion-MNIST")
 def test_notebook_smoke(tmp_path, monkeypatch):

@@ -78,8 +78,8 @@ def interleaved_train_speed(
         One row per method: ``method, train_img_s_rr, train_speedup_rr`` (median over rounds of the
         paired ratio ``t_reference / t``), ``train_speedup_rr_min / _max, rounds``.
     """
-    _, per_round = interleaved_schedules({m: (v.model, v.schedule) for m, v in variants.items()}, input_shape,
-                                         device=device, rounds=rounds, min_run_time=min_run_time, progress=progress)
+    per_round = interleaved_schedules({m: (v.model, v.schedule) for m, v in variants.items()}, input_shape,
+                                      device=device, rounds=rounds, min_run_time=min_run_time, progress=progress)
     q = paired_ratios(per_round, reference if reference in variants else next(iter(variants)))
     return pd.DataFrame({
         "method": q["variant"], "train_img_s_rr": input_shape[0] / q["median_s"], "train_speedup_rr": q["speedup"],

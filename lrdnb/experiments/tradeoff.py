@@ -204,10 +204,10 @@ def _speed_table(points: dict[str, Point], input_shape: Sequence[int], rounds: i
         ``compile_s``, ``graphs``.
     """
     dev = resolve_device(device)
-    comp: dict[str, dict[str, Any]] = {}
+    comp: dict[tuple[str, str, int], dict[str, Any]] = {}
 
-    def compiled_runner(m: nn.Module, pass_: str, key: str):
-        st = comp[key] = {}
+    def compiled_runner(m: nn.Module, name: str, pass_: str, phase: int):
+        st = comp[(name, pass_, phase)] = {}
         run = make_runner(_compiled(m, st), input_shape, pass_, dev, input_requires_grad=False)
         t0 = time.perf_counter()  # the first calls compile: timed apart from the measurement
         run()
@@ -215,9 +215,9 @@ def _speed_table(points: dict[str, Point], input_shape: Sequence[int], rounds: i
         st["compile_s"] = time.perf_counter() - t0
         return run
 
-    _, per = interleaved_schedules({n: (p.model, p.schedule) for n, p in points.items()}, input_shape,
-                                     ("step", "forward"), dev, compiled_runner if compile else None,
-                                     rounds=rounds, min_run_time=min_run_time, threads=threads, progress=progress)
+    per = interleaved_schedules({n: (p.model, p.schedule) for n, p in points.items()}, input_shape,
+                                ("step", "forward"), dev, compiled_runner if compile else None,
+                                rounds=rounds, min_run_time=min_run_time, threads=threads, progress=progress)
     rows = []
     for pass_, d in per.groupby("pass_"):
         q = paired_ratios(d, "original").set_index("variant")
@@ -225,7 +225,7 @@ def _speed_table(points: dict[str, Point], input_shape: Sequence[int], rounds: i
             row = {"point": name, "pass": "train" if pass_ == "step" else "inference",
                    **q.loc[name, ["median_s", "speedup", "speedup_min", "speedup_max", "rounds"]].to_dict()}
             if compile:
-                sts = [v for k, v in comp.items() if k.rsplit("|", 2)[:2] == [name, pass_]]
+                sts = [v for (n, ps, _), v in comp.items() if n == name and ps == pass_]
                 row |= {"compile_s": sum(v.get("compile_s", 0) for v in sts), "graphs": sum(v.get("graphs", 0) for v in sts)}
             rows.append(row)
     return per, pd.DataFrame(rows)

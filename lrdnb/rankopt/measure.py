@@ -310,37 +310,37 @@ def interleaved_schedules(
     input_shape: Sequence[int],
     passes: Sequence[str] = ("step",),
     device: str | torch.device = "auto",
-    make: Callable[[nn.Module, str, str], Callable[[], Any]] | None = None,
+    make: Callable[[nn.Module, str, str, int], Callable[[], Any]] | None = None,
     **timing: Any,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> pd.DataFrame:
     """Round-robin times (:func:`interleaved`) of models trained under freezing schedules.
 
     ``models`` maps a name to ``(model, schedule)`` (a :class:`lrdnb.freezing.FreezingSchedule`).
     A copy of each model is timed per pass; a ``"step"`` is timed at every phase of its schedule
     (sequential freezing, Algorithm 2, alternates the frozen factors between epochs) and the
-    phases are averaged per round, as its epochs alternate. ``make(model, pass_, key)`` builds a
-    runner (default :func:`make_runner` on a random ``input_shape`` batch; e.g. compile first);
-    ``timing`` goes to :func:`interleaved` (``rounds``, ``min_run_time``, ``threads``, ``progress``).
+    phases are averaged per round, as its epochs alternate. ``make(model, name, pass_, phase)``
+    builds a runner (default :func:`make_runner` on a random ``input_shape`` batch; e.g. compile
+    first); ``timing`` goes to :func:`interleaved` (``rounds``, ``min_run_time``, ``threads``,
+    ``progress``).
 
     Returns:
-        ``(raw, per_round)``: every measurement with ``variant`` (the name), ``pass_``, ``phase``;
-        and one row per ``(round, variant, pass_)`` with ``median_s`` averaged over phases, ready
-        for :func:`paired_ratios`.
+        One row per ``(round, variant, pass_)`` (``variant`` = the name) with ``median_s``
+        averaged over phases, ready for :func:`paired_ratios`.
     """
     dev = resolve_device(device)
-    runners = {}
+    runners, ids = {}, {}
     for name, (model, schedule) in models.items():
         for pass_ in passes:
             for e in (schedule.phases() if pass_ == "step" else (0,)):
                 m = copy.deepcopy(model).to(dev)
                 schedule.apply(m, e)
                 key = f"{name}|{pass_}|{e}"
-                runners[key] = (make(m, pass_, key) if make else
+                ids[key] = (name, pass_)
+                runners[key] = (make(m, name, pass_, e) if make else
                                 make_runner(m, input_shape, pass_, dev, input_requires_grad=False))
     raw = interleaved(runners, device=dev, **timing)
-    parts = raw["variant"].str.rsplit("|", n=2, expand=True)
-    raw = raw.assign(variant=parts[0], pass_=parts[1], phase=parts[2].astype(int))
-    return raw, raw.groupby(["round", "variant", "pass_"], as_index=False)["median_s"].mean()
+    raw["variant"], raw["pass_"] = zip(*raw["variant"].map(ids))
+    return raw.groupby(["round", "variant", "pass_"], as_index=False)["median_s"].mean()
 
 
 def benchmark_timer(fn: Callable[[], Any], number: int, threads: int) -> float:
