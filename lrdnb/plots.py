@@ -289,7 +289,7 @@ def plot_accuracy_table(
             o = o.merge(c, on="method", how="left")
         axes = dict(zip(panels, grid[row]))
         if references:
-            info = references.get(model) if model in references else next(iter(references.values()))
+            info = references[model] if model in references else next(iter(references.values()))
             plot_reference(info, axes["reference"])
         _accuracy_row(axes, o, sel(history), sel(per_seed), model)
     if title:
